@@ -1,0 +1,113 @@
+"""SR3 building blocks. The base UNet, the supernet and extracted subnets all use these classes."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+# A unit's operator: (in_channels, out_channels) -> module. The search issue registers more.
+UNIT_OPS: dict[str, Callable[[int, int], nn.Module]] = {
+    "conv3x3": lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1),
+}
+DEFAULT_OP = "conv3x3"
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal encoding of the continuous noise level sqrt(gamma), then an MLP (SR3/WaveGrad)."""
+
+    def __init__(self, dim: int, scale: float):
+        super().__init__()
+        self.dim, self.scale = dim, scale
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 4), nn.SiLU(), nn.Linear(dim * 4, dim))
+
+    def forward(self, noise_level: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=noise_level.device) / half)
+        arg = self.scale * noise_level.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+
+
+class ConvUnit(nn.Module):
+    """GroupNorm -> Swish -> (Dropout) -> operator. The operator is the searchable part."""
+
+    def __init__(self, cin: int, cout: int, groups: int, dropout: float = 0.0, op: str = DEFAULT_OP):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, cin)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.op = UNIT_OPS[op](cin, cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(self.dropout(F.silu(self.norm(x))))
+
+
+class ResBlock(nn.Module):
+    """Two units with the noise embedding added between them, plus a (1x1) residual path."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float = 0.0,
+                 ops: tuple[str, str] = (DEFAULT_OP, DEFAULT_OP)):
+        super().__init__()
+        self.noise = nn.Linear(emb_dim, cout)
+        self.unit1 = ConvUnit(cin, cout, groups, 0.0, ops[0])
+        self.unit2 = ConvUnit(cout, cout, groups, dropout, ops[1])
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.unit1(x) + self.noise(emb)[:, :, None, None]
+        return self.unit2(h) + self.skip(x)
+
+
+class SelfAttention(nn.Module):
+    """Single-head spatial self-attention with a residual connection."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=False)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        attn = torch.softmax(torch.bmm(q.transpose(1, 2), k) / math.sqrt(c), dim=-1)  # (b, hw, hw)
+        y = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
+        return x + self.out(y)
+
+
+ATTN_OPS: dict[str, Callable[[int, int], nn.Module]] = {
+    "none": lambda ch, groups: nn.Identity(),
+    "self": SelfAttention,
+}
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Stage(nn.Module):
+    """A residual block followed by its attention slot (identity when the slot is 'none')."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float,
+                 ops: tuple[str, str], attn: str):
+        super().__init__()
+        self.res = ResBlock(cin, cout, emb_dim, groups, dropout, ops)
+        self.attn = ATTN_OPS[attn](cout, groups)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.res(x, emb))

@@ -1,0 +1,161 @@
+"""Training of a UNet with the SR3 objective: EMA weights, progress, safetensors+JSON checkpoints, resume."""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from models.checkpoint import ModelBundle, read_json, read_tensors, save_model, write_json
+from models.config import UNetConfig, preset
+from models.diffusion import Diffusion, DiffusionConfig
+from models.unet import UNet
+from search.data import CropSampler, load_pairs
+
+STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    iters: int = 2000
+    batch: int = 8
+    patch: int = 128
+    lr: float = 2e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * this
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    data: str = "builtin"
+    lr_dir: str | None = None
+    checkpoint_every: int = 200
+    threads: int = 0  # 0: torch's default
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    unet_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["diffusion"] = self.diffusion.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["diffusion"] = DiffusionConfig(**d.get("diffusion", {}))
+        return cls(**d)
+
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig.from_dict({**preset(self.preset).to_dict(), **self.unet_overrides})
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(cfg.iters - cfg.warmup, 1)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+class Trainer:
+    """Owns the model, EMA, optimiser and data stream of one run folder."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.net = UNet(cfg.unet_config())
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.diffusion = Diffusion(cfg.diffusion)
+        self.data = CropSampler(load_pairs(cfg.data, "train", cfg.lr_dir), cfg.patch, seed=cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.step = 0
+
+    # ---- one optimisation step -------------------------------------------------------------
+    def train_step(self) -> float:
+        _, bic, hr = (torch.from_numpy(a) for a in self.data.batch(self.cfg.batch))
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.cfg, self.step)
+        loss = self.diffusion.loss(self.net, hr, bic, self.gen)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.ema.update_parameters(self.net)
+        self.step += 1
+        return float(loss.item())
+
+    def run(self, progress: bool = True) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "train_config.json", self.cfg.to_dict())
+        log_path = self.run_dir / "train_log.csv"
+        new_log = not log_path.exists() or self.step == 0
+        with open(log_path, "w" if new_log else "a", newline="") as f:
+            writer = csv.writer(f)
+            if new_log:
+                writer.writerow(["step", "loss", "lr", "seconds"])
+            bar = tqdm(total=self.cfg.iters, initial=self.step, disable=not progress, desc="train", unit="it")
+            t0 = time.perf_counter()
+            while self.step < self.cfg.iters:
+                loss = self.train_step()
+                writer.writerow([self.step, f"{loss:.5f}", f"{lr_at(self.cfg, self.step - 1):.3g}",
+                                 f"{time.perf_counter() - t0:.1f}"])
+                bar.set_postfix(loss=f"{loss:.4f}")
+                bar.update(1)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.iters:
+                    f.flush()
+                    self.save()
+            bar.close()
+        return self.export_model()
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def save(self) -> None:
+        ckpt = self.run_dir / "checkpoint"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt_state = self.opt.state_dict()
+        for idx, st in opt_state["state"].items():
+            tensors.update({f"opt.{idx}.{k}": torch.as_tensor(v) for k, v in st.items()})
+        tensors["rng.torch"] = self.gen.get_state()
+        from safetensors.torch import save_file
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(ckpt / STATE_TENSORS))
+        write_json(ckpt / STATE_JSON, {"step": self.step, "config": self.cfg.to_dict(),
+                                       "param_groups": opt_state["param_groups"], "data_rng": self.data.state()})
+
+    def resume(self) -> bool:
+        """Continue from the run folder's checkpoint; False when there is none."""
+        ckpt = self.run_dir / "checkpoint"
+        if not (ckpt / STATE_JSON).exists():
+            return False
+        meta = read_json(ckpt / STATE_JSON)
+        tensors = read_tensors(ckpt / STATE_TENSORS)
+        self.net.load_state_dict(_strip(tensors, "net."))
+        self.ema.load_state_dict(_strip(tensors, "ema."))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in _strip(tensors, "opt.").items():
+            idx, name = k.split(".", 1)
+            state.setdefault(int(idx), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.gen.set_state(tensors["rng.torch"])
+        self.data.set_state(meta["data_rng"])
+        self.step = int(meta["step"])
+        return True
+
+    def export_model(self, out_dir: str | Path | None = None) -> Path:
+        """Write the EMA weights as a deployable model folder."""
+        ema_net = self.ema.module
+        bundle = ModelBundle(ema_net, self.diffusion, self.cfg.preset,
+                             meta={"train": self.cfg.to_dict(), "train_steps": self.step})
+        return save_model(bundle, out_dir or self.run_dir / "model")
+
+
+def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -1,0 +1,102 @@
+"""The `srnas` console script, run as a user would, including every bad-input case."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import rgb
+
+
+def _no_traceback(proc):
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_info_presets(run_srnas):
+    for name, params, flops in [("sr3-paper", 158.5e6, 79.6e9), ("tiny", None, None)]:
+        proc = run_srnas("info", "--preset", name, "--json")
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        assert info["preset"] == name and info["params"] > 0 and info["flops_per_step"] > 0
+        if params:
+            assert abs(info["params"] / params - 1) < 0.03 and abs(info["flops_per_step"] / flops - 1) < 0.03
+
+
+def test_info_default_model_reports_its_files(run_srnas):
+    proc = run_srnas("info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["preset"] == "tiny" and info["path"].endswith("weights/default")
+    assert info["params"] > 100_000 and info["defaults"]["steps"] >= 1
+
+
+def test_upscale_default_model(run_srnas, photo, tmp_path):
+    out = tmp_path / "sr.png"
+    proc = run_srnas("upscale", photo, "-o", out, "--steps", "2", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    lr, sr = np.asarray(Image.open(photo)), np.asarray(Image.open(out))
+    assert sr.shape == (2 * lr.shape[0], 2 * lr.shape[1], 3)
+    again = tmp_path / "again.png"
+    assert run_srnas("upscale", photo, "-o", again, "--steps", "2", "--seed", "3").returncode == 0
+    assert out.read_bytes() == again.read_bytes()  # a seed gives identical output
+
+
+def test_train_and_evaluate_small(run_srnas, tmp_path):
+    run = tmp_path / "run"
+    proc = run_srnas("train", "--iters", "2", "--batch", "1", "--patch", "32", "--out", run, "--no-progress",
+                     "--prediction", "v", "--target", "residual")
+    assert proc.returncode == 0, proc.stderr
+    assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoint" / "train_state.json").is_file()
+    proc = run_srnas("train", "--iters", "3", "--batch", "1", "--patch", "32", "--out", run, "--resume",
+                     "--no-progress", "--prediction", "v", "--target", "residual")
+    assert proc.returncode == 0 and "resuming" in proc.stdout, proc.stderr
+    ev = tmp_path / "eval"
+    proc = run_srnas("evaluate", "--model", run / "model", "--steps", "1,2", "--samplers", "ddim,ddpm",
+                     "--crops", "1", "--out", ev, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((ev / "metrics.json").read_text())
+    assert report["crops"] == 2 and len(report["results"]) == 4
+    assert 20 < report["bicubic"]["psnr_y"] < 50
+    for name in ("grid.png", "trajectory.png"):
+        assert Image.open(ev / name).size[0] > 200
+
+
+def _bad_cases(tmp_path, photo):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    small = tmp_path / "small.png"
+    Image.fromarray(rgb(6, 40)).save(small)
+    trunc = tmp_path / "trunc.png"
+    trunc.write_bytes(photo.read_bytes()[:200])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{}")
+    (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    out = str(tmp_path / "o.png")
+    return {
+        "missing file": (["upscale", tmp_path / "nope.png", "-o", out], "no such file"),
+        "not an image": (["upscale", text, "-o", out], "not a readable image"),
+        "truncated image": (["upscale", trunc, "-o", out], "not a readable image"),
+        "too small": (["upscale", small, "-o", out], "at least 8"),
+        "zero steps": (["upscale", photo, "-o", out, "--steps", "0"], "steps must be in 1..2000"),
+        "too many steps": (["upscale", photo, "-o", out, "--steps", "2001"], "steps must be in 1..2000"),
+        "non-integer steps": (["upscale", photo, "-o", out, "--steps", "ten"], "invalid int value"),
+        "unknown sampler": (["upscale", photo, "-o", out, "--sampler", "euler"], "unknown sampler"),
+        "corrupt checkpoint": (["upscale", photo, "-o", out, "--model", corrupt], "invalid model config"),
+        "missing model": (["upscale", photo, "-o", out, "--model", tmp_path / "nomodel"], "not a model folder"),
+        "bad output folder": (["upscale", photo, "-o", tmp_path / "no" / "x.png"], "does not exist"),
+        "empty data folder": (["evaluate", "--data", empty, "--steps", "1"], "no images found"),
+        "evaluate bad steps": (["evaluate", "--steps", "0"], "steps must be in 1..2000"),
+        "unknown preset": (["info", "--preset", "huge"], "unknown preset"),
+        "train empty folder": (["train", "--data", empty, "--iters", "1"], "no images found"),
+    }
+
+
+def test_bad_input_exits_2_with_a_message(run_srnas, tmp_path, photo):
+    for name, (args, message) in _bad_cases(tmp_path, photo).items():
+        proc = run_srnas(*args)
+        assert proc.returncode == 2, (name, proc.returncode, proc.stderr)
+        assert message in proc.stderr, (name, proc.stderr)
+        _no_traceback(proc)

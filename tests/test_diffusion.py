@@ -1,0 +1,136 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.diffusion import Diffusion, DiffusionConfig, make_target, split_prediction
+from models.errors import UserError
+from models.sampler import SamplerConfig, sample
+from models.schedule import NoiseSchedule, ScheduleConfig
+
+
+def test_linear_schedule_closed_form():
+    s = NoiseSchedule(ScheduleConfig())
+    assert s.T == 2000 and s.betas[0] == pytest.approx(1e-6) and s.betas[-1] == pytest.approx(1e-2)
+    assert np.allclose(np.diff(s.betas), (1e-2 - 1e-6) / 1999)
+    # gamma_T = prod(1 - beta) ~= exp(-sum(beta)) for small betas
+    assert s.gammas[0] == 1.0
+    assert s.gammas[-1] == pytest.approx(np.prod(1 - s.betas), rel=1e-12)
+    assert s.gammas[-1] == pytest.approx(math.exp(-np.sum(s.betas) - np.sum(s.betas ** 2) / 2), rel=1e-3)
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 100, 2000])
+def test_respacing(k):
+    s = NoiseSchedule(ScheduleConfig())
+    ts = s.timesteps_for(k)
+    assert len(ts) == k and ts[0] == 2000 and np.all(np.diff(ts) < 0)
+    g, gp = s.respaced(k)
+    assert gp[-1] == 1.0 and np.all(gp > g)
+    # the respaced chain's alphas multiply back to the original cumulative gamma
+    alphas = g / gp
+    assert np.cumprod(alphas[::-1])[-1] == pytest.approx(s.gammas[2000], rel=1e-10)
+    if k == 2000:
+        assert np.allclose(g, s.gammas[1:][::-1])
+
+
+@pytest.mark.parametrize("k", [0, -1, 2001])
+def test_steps_out_of_range(k):
+    with pytest.raises(UserError):
+        NoiseSchedule(ScheduleConfig()).timesteps_for(k)
+
+
+def test_continuous_noise_level_lies_between_neighbours():
+    d = Diffusion(DiffusionConfig())
+    torch.manual_seed(0)
+    sg = d.sample_noise_level(10000)
+    assert sg.min() >= d._sqrt_g[-1] and sg.max() <= 1.0
+    assert sg.std() > 0.2  # spread over the whole range, not a few discrete levels
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v"])
+def test_parameterisations_invert(kind):
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    sg = torch.rand(4, 1, 1, 1, generator=g) * 0.9 + 0.05
+    y = sg * x0 + (1 - sg ** 2).sqrt() * eps
+    x0_hat, eps_hat = split_prediction(kind, make_target(kind, x0, eps, sg), y, sg)
+    assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, eps, atol=1e-4)
+
+
+def _oracle(d: Diffusion, x0: torch.Tensor):
+    def denoise(x, noise_level):
+        y, sg = x[:, 3:], noise_level[:, None, None, None]
+        eps = (y - sg * x0) / (1 - sg ** 2).sqrt()
+        return make_target(d.cfg.prediction, x0, eps, sg)
+    return denoise
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("target", ["image", "residual"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("k", [1, 3, 50, 2000])
+def test_oracle_denoiser_recovers_x0_for_every_k(prediction, target, sampler, k):
+    d = Diffusion(DiffusionConfig(prediction=prediction, target=target, residual_scale=4.0))
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 8, 8, generator=g) * 1.8 - 0.9
+    bic = (hr + 0.05 * torch.randn(2, 3, 8, 8, generator=g)).clamp(-1, 1)
+    out = sample(_oracle(d, d.to_x0(hr, bic)), d, bic, SamplerConfig(sampler, k), seeds=[3, 4])
+    assert torch.allclose(out, hr, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddpm", 0.0), ("ddim", 1.0)])
+def test_stochastic_marginals_match_forward_process(sampler, eta):
+    """With x0 known, each step of the respaced chain has marginal N(sqrt(g) x0, 1 - g)."""
+    d = Diffusion(DiffusionConfig(prediction="eps"))
+    x0 = torch.full((1, 3, 96, 96), 0.5)
+    steps = 10
+    seen = {}
+    sample(_oracle(d, x0), d, torch.zeros_like(x0), SamplerConfig(sampler, steps, eta), seeds=[7],
+           on_step=lambda k, y, pred: seen.__setitem__(k, y.clone()))
+    _, gp = d.schedule.respaced(steps)
+    for k in (2, 5, 8):
+        y = seen[k]
+        assert y.mean().item() == pytest.approx(math.sqrt(gp[k]) * 0.5, abs=0.03)
+        assert y.var().item() == pytest.approx(1 - gp[k], rel=0.05)
+
+
+def test_same_seed_same_output_and_batch_independence():
+    d = Diffusion(DiffusionConfig(prediction="eps"))
+
+    def fake(x, nl):  # a fixed per-item function standing in for a network
+        return torch.tanh(x[:, 3:] * 0.5 + x[:, :3]) * nl[:, None, None, None]
+
+    bic = torch.linspace(-1, 1, 2 * 3 * 8 * 8).reshape(2, 3, 8, 8)
+    cfg = SamplerConfig("ddpm", 5)
+    a = sample(fake, d, bic, cfg, seeds=[11, 12])
+    b = sample(fake, d, bic, cfg, seeds=[11, 12])
+    c = sample(fake, d, bic, cfg, seeds=[11, 13])
+    solo = sample(fake, d, bic[1:], cfg, seeds=[12])
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[1], c[1])
+    assert torch.equal(a[1:], solo)
+
+
+def test_sampler_config_validation():
+    for bad in (SamplerConfig("euler", 5), SamplerConfig("ddim", 0), SamplerConfig("ddim", 5, eta=2.0)):
+        with pytest.raises(UserError):
+            bad.validate(2000)
+
+
+def test_training_loss_reaches_zero_for_the_oracle():
+    d = Diffusion(DiffusionConfig(prediction="v", target="residual"))
+    hr = torch.rand(2, 3, 8, 8) * 2 - 1
+    bic = hr * 0.9
+    x0 = d.to_x0(hr, bic)
+    g = torch.Generator().manual_seed(0)
+    seen = {}
+
+    def model(x, nl):
+        y, sg = x[:, 3:], nl[:, None, None, None]
+        seen["y"] = y
+        eps = (y - sg * x0) / (1 - sg ** 2).sqrt()
+        return make_target("v", x0, eps, sg)
+
+    assert d.loss(model, hr, bic, g).item() < 1e-5
+    assert d.loss(lambda x, nl: torch.zeros_like(x[:, :3]), hr, bic, g).item() > 1e-2
