@@ -8,11 +8,49 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-# A unit's operator: (in_channels, out_channels) -> module. The search issue registers more.
+
+
+class DepthwiseSeparable(nn.Module):
+    """k x k depthwise conv, then a 1x1 pointwise conv."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3):
+        super().__init__()
+        self.depthwise = nn.Conv2d(cin, cin, k, padding=k // 2, groups=cin)
+        self.pointwise = nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+
+class InvertedBottleneck(nn.Module):
+    """MobileNetV2's block without BN (the unit's GroupNorm comes first): 1x1 expand, dw 3x3, 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, expand: int = 2):
+        super().__init__()
+        mid = cin * expand
+        self.expand = nn.Conv2d(cin, mid, 1)
+        self.depthwise = nn.Conv2d(mid, mid, 3, padding=1, groups=mid)
+        self.project = nn.Conv2d(mid, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(F.silu(self.depthwise(F.silu(self.expand(x)))))
+
+
+def grouped_conv3x3(cin: int, cout: int, groups: int = 4) -> nn.Conv2d:
+    g = math.gcd(math.gcd(cin, cout), groups)
+    return nn.Conv2d(cin, cout, 3, padding=1, groups=g)
+
+
+# A unit's operator: (in_channels, out_channels) -> module, all with the same output shape.
 UNIT_OPS: dict[str, Callable[[int, int], nn.Module]] = {
-    "conv3x3": lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1),
+    "conv3x3": lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1),  # SR3's own
+    "dwsep3x3": lambda cin, cout: DepthwiseSeparable(cin, cout, 3),
+    "dwsep5x5": lambda cin, cout: DepthwiseSeparable(cin, cout, 5),
+    "ibn2": lambda cin, cout: InvertedBottleneck(cin, cout, 2),
+    "gconv3x3": grouped_conv3x3,
 }
 DEFAULT_OP = "conv3x3"
+SKIP = "skip"  # a second unit may vanish, so depth can shrink
 
 
 class NoiseEmbedding(nn.Module):
@@ -51,7 +89,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.noise = nn.Linear(emb_dim, cout)
         self.unit1 = ConvUnit(cin, cout, groups, 0.0, ops[0])
-        self.unit2 = ConvUnit(cout, cout, groups, dropout, ops[1])
+        self.unit2 = nn.Identity() if ops[1] == SKIP else ConvUnit(cout, cout, groups, dropout, ops[1])
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -76,9 +114,49 @@ class SelfAttention(nn.Module):
         return x + self.out(y)
 
 
+class PooledSelfAttention(SelfAttention):
+    """Self-attention whose keys and values are average-pooled 2x2: a quarter of the attention cost."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
+        k, v = F.avg_pool2d(k, 2), F.avg_pool2d(v, 2)
+        attn = torch.softmax(torch.bmm(q.flatten(2).transpose(1, 2), k.flatten(2)) / math.sqrt(c), dim=-1)
+        y = torch.bmm(v.flatten(2), attn.transpose(1, 2)).reshape(b, c, h, w)
+        return x + self.out(y)
+
+
+class LinearAttention(SelfAttention):
+    """Efficient attention (Shen et al.): softmax over q's channels and k's positions; O(hw c^2), not O((hw)^2 c)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        context = torch.bmm(torch.softmax(k, dim=-1), v.transpose(1, 2))  # (b, c, c)
+        y = torch.bmm(context.transpose(1, 2), torch.softmax(q, dim=1)).reshape(b, c, h, w)
+        return x + self.out(y)
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation gate: the cheapest form of global context."""
+
+    def __init__(self, channels: int, groups: int, reduction: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.fc1 = nn.Conv2d(channels, max(channels // reduction, 4), 1)
+        self.fc2 = nn.Conv2d(max(channels // reduction, 4), channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.norm(x).mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.silu(self.fc1(s))))
+
+
 ATTN_OPS: dict[str, Callable[[int, int], nn.Module]] = {
     "none": lambda ch, groups: nn.Identity(),
     "self": SelfAttention,
+    "pooled": PooledSelfAttention,
+    "linear": LinearAttention,
+    "channel": ChannelAttention,
 }
 
 
