@@ -109,6 +109,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="runs/eval", help="folder for metrics.json, grid.png, trajectory.png")
+    p.add_argument("--choose-defaults", action="store_true",
+                   help="write the fewest-step setting within 0.05 dB of the best into the model's config.json")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -133,6 +135,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for r in report["results"]:
         print(f"{r['sampler'] + ' ' + str(r['steps']):>12} {r['psnr_y']:8.3f} {r['ssim_y']:8.4f}  {r['gain_db']:+.3f} dB")
     print(f"wrote {args.out}/metrics.json, grid.png, trajectory.png")
+    if args.choose_defaults:
+        from models.checkpoint import CONFIG, read_json, write_json
+        from search.evaluate import choose_defaults
+
+        chosen = choose_defaults(report)
+        cfg_path = bundle.path / CONFIG
+        cfg_json = read_json(cfg_path)
+        cfg_json["defaults"] = chosen
+        write_json(cfg_path, cfg_json)
+        print(f"defaults of {bundle.path}: {chosen['sampler']} {chosen['steps']} steps ({chosen['chosen_by']})")
     return 0
 
 

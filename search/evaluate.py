@@ -70,6 +70,17 @@ def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = 
     return report
 
 
+def choose_defaults(report: dict[str, Any], tolerance_db: float = 0.05) -> dict[str, Any]:
+    """The fewest-step setting within `tolerance_db` of the best PSNR(Y) measured."""
+    rows = report["results"]
+    best = max(r["psnr_y"] for r in rows)
+    ok = [r for r in rows if r["psnr_y"] >= best - tolerance_db]
+    pick = min(ok, key=lambda r: (r["steps"], -r["psnr_y"]))
+    return {"steps": pick["steps"], "sampler": pick["sampler"], "eta": pick["eta"],
+            "chosen_by": f"fewest steps within {tolerance_db} dB of the best PSNR(Y) on {report['crops']} "
+                         f"validation crops ({pick['psnr_y']:.3f} dB vs bicubic {report['bicubic']['psnr_y']:.3f} dB)"}
+
+
 def write_outputs(out: Path, report: dict[str, Any], crops: list, best: tuple, bundle: ModelBundle,
                   cfg: EvalConfig) -> None:
     from search.figures import comparison_grid, trajectory_grid

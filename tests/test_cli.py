@@ -52,10 +52,14 @@ def test_train_and_evaluate_small(run_srnas, tmp_path):
     assert proc.returncode == 0 and "resuming" in proc.stdout, proc.stderr
     ev = tmp_path / "eval"
     proc = run_srnas("evaluate", "--model", run / "model", "--steps", "1,2", "--samplers", "ddim,ddpm",
-                     "--crops", "1", "--out", ev, "--no-progress")
+                     "--crops", "1", "--out", ev, "--no-progress", "--choose-defaults")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((ev / "metrics.json").read_text())
     assert report["crops"] == 2 and len(report["results"]) == 4
+    best = max(report["results"], key=lambda r: r["psnr_y"])
+    defaults = json.loads((run / "model" / "config.json").read_text())["defaults"]
+    assert best["psnr_y"] - 0.05 <= next(r["psnr_y"] for r in report["results"]
+                                         if (r["sampler"], r["steps"]) == (defaults["sampler"], defaults["steps"]))
     assert 20 < report["bicubic"]["psnr_y"] < 50
     for name in ("grid.png", "trajectory.png"):
         assert Image.open(ev / name).size[0] > 200
@@ -100,3 +104,16 @@ def test_bad_input_exits_2_with_a_message(run_srnas, tmp_path, photo):
         assert proc.returncode == 2, (name, proc.returncode, proc.stderr)
         assert message in proc.stderr, (name, proc.stderr)
         _no_traceback(proc)
+
+
+def test_choose_defaults_picks_fewest_steps_near_the_best():
+    from search.evaluate import choose_defaults
+
+    rows = [{"sampler": "ddim", "steps": 1, "eta": 0.0, "psnr_y": 30.00},
+            {"sampler": "ddim", "steps": 4, "eta": 0.0, "psnr_y": 30.50},
+            {"sampler": "ddpm", "steps": 8, "eta": 0.0, "psnr_y": 30.53},
+            {"sampler": "ddim", "steps": 20, "eta": 0.0, "psnr_y": 30.40}]
+    report = {"results": rows, "crops": 4, "bicubic": {"psnr_y": 29.0}}
+    chosen = choose_defaults(report, tolerance_db=0.05)
+    assert (chosen["sampler"], chosen["steps"]) == ("ddim", 4)
+    assert choose_defaults(report, tolerance_db=0.0)["steps"] == 8
