@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +53,44 @@ DEFAULT_OP = "conv3x3"
 SKIP = "skip"  # a second unit may vanish, so depth can shrink
 
 
+Choice = str | Sequence[str]  # one operator, or the candidates of a searchable slot
+
+
+class MixedOp(nn.Module):
+    """A searchable slot: its candidates' outputs summed with weights from the slot's parameters alpha.
+
+    `weigh` turns alpha into weights; the search installs softmax, temperature or Gumbel relaxations.
+    """
+
+    def __init__(self, slot: str, candidates: dict[str, nn.Module]):
+        super().__init__()
+        self.slot, self.names = slot, list(candidates)
+        self.candidates = nn.ModuleDict(candidates)
+        self.alpha = nn.Parameter(torch.zeros(len(self.names)))
+        self.weigh: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.alpha, 0) if self.weigh is None else self.weigh(self.alpha)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        w = self.weights()
+        out: torch.Tensor | None = None
+        for i, name in enumerate(self.names):
+            y = w[i] * self.candidates[name](*args)
+            out = y if out is None else out + y
+        assert out is not None
+        return out
+
+
+def choice_module(slot: str, choice: Choice, build: Callable[[str], nn.Module]) -> nn.Module:
+    """The plain module for one operator, or a MixedOp over several."""
+    if isinstance(choice, str):
+        return build(choice)
+    if len(choice) == 1:
+        return build(choice[0])
+    return MixedOp(slot, {c: build(c) for c in choice})
+
+
 class NoiseEmbedding(nn.Module):
     """Sinusoidal encoding of the continuous noise level sqrt(gamma), then an MLP (SR3/WaveGrad)."""
 
@@ -85,11 +123,12 @@ class ResBlock(nn.Module):
     """Two units with the noise embedding added between them, plus a (1x1) residual path."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float = 0.0,
-                 ops: tuple[str, str] = (DEFAULT_OP, DEFAULT_OP)):
+                 ops: tuple[Choice, Choice] = (DEFAULT_OP, DEFAULT_OP), slot: str = ""):
         super().__init__()
         self.noise = nn.Linear(emb_dim, cout)
-        self.unit1 = ConvUnit(cin, cout, groups, 0.0, ops[0])
-        self.unit2 = nn.Identity() if ops[1] == SKIP else ConvUnit(cout, cout, groups, dropout, ops[1])
+        self.unit1 = choice_module(f"{slot}.unit1", ops[0], lambda op: ConvUnit(cin, cout, groups, 0.0, op))
+        self.unit2 = choice_module(f"{slot}.unit2", ops[1], lambda op: nn.Identity() if op == SKIP
+                                   else ConvUnit(cout, cout, groups, dropout, op))
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -182,10 +221,11 @@ class Stage(nn.Module):
     """A residual block followed by its attention slot (identity when the slot is 'none')."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float,
-                 ops: tuple[str, str], attn: str):
+                 ops: tuple[Choice, Choice], attn: Choice, slot: str = ""):
         super().__init__()
-        self.res = ResBlock(cin, cout, emb_dim, groups, dropout, ops)
-        self.attn = ATTN_OPS[attn](cout, groups)
+        self.slot = slot
+        self.res = ResBlock(cin, cout, emb_dim, groups, dropout, ops, slot)
+        self.attn = choice_module(f"{slot}.attn", attn, lambda a: ATTN_OPS[a](cout, groups))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.attn(self.res(x, emb))

@@ -10,7 +10,8 @@ from typing import Any
 
 @dataclass
 class UNetConfig:
-    """Shape of an SR3 UNet. `arch` maps slot names to candidate choices (empty = SR3's own blocks)."""
+    """Shape of an SR3 UNet. `arch` maps slot names such as `down1.0.unit2` or `mid.0.attn` to choices
+    (empty = SR3's own blocks everywhere)."""
 
     base_channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -22,7 +23,8 @@ class UNetConfig:
     in_channels: int = 6  # bicubic-upsampled LR (3) + y_t (3)
     out_channels: int = 3
     noise_scale: float = 1000.0  # sqrt(gamma) in [0,1] is scaled before the sinusoidal encoding
-    arch: dict[str, str] = field(default_factory=dict)
+    # slot -> operator; a list of operators makes the slot searchable (a supernet)
+    arch: dict[str, str | list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -50,9 +50,7 @@ class UNet(nn.Module):
             attn_default = "self" if res in cfg.attn_resolutions else "none"
         ops = (cfg.arch.get(f"{name}.unit1", DEFAULT_OP), cfg.arch.get(f"{name}.unit2", DEFAULT_OP))
         attn = cfg.arch.get(f"{name}.attn", attn_default)
-        stage = Stage(cin, cout, cfg.base_channels, cfg.groups, cfg.dropout, ops, attn)
-        stage.slot = name
-        return stage
+        return Stage(cin, cout, cfg.base_channels, cfg.groups, cfg.dropout, ops, attn, slot=name)
 
     def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         emb = self.embed(noise_level)

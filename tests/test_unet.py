@@ -3,7 +3,7 @@ import torch
 
 from models.config import UNetConfig, preset
 from models.unet import UNet
-from models.blocks import SelfAttention
+from models.blocks import SelfAttention, Stage
 from search.costs import count_flops, count_params
 
 
@@ -16,7 +16,7 @@ def test_sr3_paper_matches_published_size():
 
 def test_attention_only_at_configured_resolution_and_middle():
     net = UNet(preset("sr3-paper"))
-    slots = [m.slot for m in net.modules() if hasattr(m, "slot") and isinstance(m.attn, SelfAttention)]
+    slots = [m.slot for m in net.modules() if isinstance(m, Stage) and isinstance(m.attn, SelfAttention)]
     # 16x16 is level 3 of 128/64/32/16/8: one encoder block, two decoder blocks, plus the middle.
     assert slots == ["down3.0", "mid.0", "up3.0", "up3.1"]
 

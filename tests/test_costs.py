@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+
+from models.config import UNetConfig
+from models.unet import UNet
+from search.costs import count_flops, slot_flops
+from search.relax import Relaxation, TemperatureSchedule
+from search.supernet import derive_arch, extract, mixed_ops, space_config
+
+BASE = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attn_resolutions=(64,))
+SPACE = {"down0.0.unit1": ["conv3x3", "dwsep3x3", "ibn2"], "down0.0.unit2": ["conv3x3", "skip"],
+         "down1.0.attn": ["none", "self", "linear"], "up1.0.unit1": ["conv3x3", "gconv3x3", "dwsep5x5"]}
+
+
+def test_slot_flops_predict_every_subnet_exactly():
+    net = UNet(space_config(BASE, SPACE))
+    costs = slot_flops(net, 64)
+    torch.manual_seed(1)
+    for _ in range(5):
+        with torch.no_grad():
+            for m in mixed_ops(net).values():
+                m.alpha.copy_(torch.randn_like(m.alpha))
+        arch = derive_arch(net)
+        assert costs.of_arch(arch) == pytest.approx(count_flops(extract(net), 64), rel=1e-9)
+
+
+def test_cost_gradient_matches_the_softmax_closed_form():
+    net = UNet(space_config(BASE, SPACE))
+    costs = slot_flops(net, 64)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for m in mixed_ops(net).values():
+            m.alpha.copy_(torch.randn_like(m.alpha))
+    costs.expected(net).backward()
+    for m in mixed_ops(net).values():
+        w = torch.softmax(m.alpha.detach(), 0).double()
+        c = torch.tensor([costs.per_slot[m.slot][n] for n in m.names], dtype=torch.float64)
+        closed = w * (c - (w * c).sum())  # d/d alpha_j of sum_k softmax_k c_k
+        assert torch.allclose(m.alpha.grad.double(), closed, rtol=1e-4, atol=1e-3 * c.max().item())
+
+
+def test_tanh_schedule_runs_from_max_to_min():
+    s = TemperatureSchedule("tanh", 20.0, 0.08, 1000)
+    assert s(0) == pytest.approx(20.0, rel=0.01) and s(1000) == pytest.approx(0.08, abs=0.06)
+    assert s(500) == pytest.approx((20.0 + 0.08) / 2)
+    vals = [s(x) for x in range(0, 1001, 50)]
+    assert all(a >= b for a, b in zip(vals, vals[1:])) and min(vals) >= 0.08
+    for kind in ("linear", "exp"):
+        k = TemperatureSchedule(kind, 20.0, 0.08, 100)
+        assert k(0) == pytest.approx(20.0) and k(100) == pytest.approx(0.08)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "temperature", "gumbel", "gumbel-hard"])
+def test_relaxations_give_distributions(mode):
+    r = Relaxation(mode, TemperatureSchedule(steps=10))
+    r.step = 10
+    a = torch.tensor([1.0, 0.0, -1.0], requires_grad=True)
+    w = r(a)
+    assert w.sum().item() == pytest.approx(1.0, abs=1e-5) and (w >= 0).all()
+    if mode == "gumbel-hard":
+        assert sorted(w.tolist()) == [0.0, 0.0, 1.0]
+    (w * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0  # straight-through keeps a gradient
+    if mode == "temperature":  # low temperature sharpens towards the argmax
+        assert w[0] > 0.99
+
+
+def test_cost_loss_forms():
+    from search.objective import CostLossConfig, cost_loss
+
+    task = torch.tensor(0.5)
+    flops, lat = torch.tensor(2e9, requires_grad=True), torch.tensor(0.02, requires_grad=True)
+    add = cost_loss(task, CostLossConfig(), flops, lat)
+    assert add.item() == pytest.approx(0.5 + 5e-17 * 2e9 + 5e-5 * 0.02)
+    fb = cost_loss(task, CostLossConfig(form="fbnet"), None, lat)
+    assert fb.item() == pytest.approx(0.5 * 0.2 * math.log(20.0) ** 0.6)
+    under = cost_loss(task, CostLossConfig(form="budget", target_flops=3e9), flops, None)
+    over = cost_loss(task, CostLossConfig(form="budget", target_flops=1e9), flops, None)
+    assert under.item() == pytest.approx(0.5) and over.item() == pytest.approx(1.5)
+    over.backward()
+    assert flops.grad.item() > 0  # only cost above the budget pulls alpha
