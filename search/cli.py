@@ -26,10 +26,14 @@ def _str_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-# ---- train ---------------------------------------------------------------------------------
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a UNet with the SR3 objective (EMA, checkpoints, resume)")
-    p.add_argument("--config", help="YAML file with TrainConfig fields; flags override it")
+# ---- train, finetune, search ----------------------------------------------------------------
+TRAIN_KEYS = ("preset", "iters", "batch", "patch", "lr", "ema_decay", "seed", "threads", "data", "lr_dir",
+              "checkpoint_every")
+DIFFUSION_KEYS = ("prediction", "target", "residual_scale", "loss")
+
+
+def _add_training_flags(p: argparse.ArgumentParser, out_default: str) -> None:
+    p.add_argument("--config", help="YAML file with the run's config fields; flags override it")
     p.add_argument("--preset", help="network preset (tiny, sr3-paper)")
     p.add_argument("--iters", type=int)
     p.add_argument("--batch", type=int)
@@ -45,53 +49,187 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--residual-scale", type=float)
     p.add_argument("--loss", choices=["l1", "l2"])
     p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--out", default="runs/train", help="run folder (checkpoint/, model/, train_log.csv)")
+    p.add_argument("--out", default=out_default, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a UNet with the SR3 objective (EMA, checkpoints, resume)")
+    _add_training_flags(p, "runs/train")
     p.set_defaults(func=cmd_train)
+
+
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="continue training a model folder, e.g. an extracted subnet")
+    p.add_argument("--model", required=True, help="model folder to start from (its network, weights, diffusion)")
+    _add_training_flags(p, "runs/finetune")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="hardware-aware differentiable architecture search; writes arch.json + subnet/")
+    _add_training_flags(p, "runs/search")
+    p.add_argument("--space", help="search space (default, sr3nas)")
+    p.add_argument("--relax", choices=["softmax", "temperature", "gumbel", "gumbel-hard"])
+    p.add_argument("--cost", choices=["none", "flops", "latency", "both"])
+    p.add_argument("--loss-form", choices=["additive", "fbnet", "budget"])
+    p.add_argument("--lambda-flops", type=float)
+    p.add_argument("--lambda-latency", type=float)
+    p.add_argument("--target-flops", type=float)
+    p.add_argument("--target-latency", type=float)
+    p.add_argument("--lut", help="latency lookup table from `srnas profile`")
+    p.add_argument("--warmup-alpha", type=int, help="weight-only steps before alpha moves")
+    p.add_argument("--alpha-lr", type=float)
+    p.add_argument("--t-schedule", choices=["tanh", "linear", "exp"])
+    p.add_argument("--t-max", type=float)
+    p.add_argument("--t-min", type=float)
+    p.set_defaults(func=cmd_search)
+
+
+def _read_yaml(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read config ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config fields")
+    return data
+
+
+def _config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    base = _read_yaml(args.config)
+    diff = dict(base.pop("diffusion", {}) or {})
+    diff.update({k: getattr(args, k) for k in DIFFUSION_KEYS if getattr(args, k) is not None})
+    base.update({k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None})
+    if getattr(args, "model", None) and args.command == "finetune":
+        from models.checkpoint import load_model
+
+        bundle = load_model(args.model)  # fine-tuning keeps the model's diffusion unless flags change it
+        diff = {**bundle.diffusion.cfg.to_dict(), **diff}
+        base.update(init_model=str(args.model), preset=bundle.preset)
+    base["diffusion"] = diff
+    return base
+
+
+def _check(cfg) -> None:
+    try:
+        cfg.unet_config()
+    except (TypeError, KeyError, ValueError) as exc:
+        raise UserError(f"invalid config: {exc}") from None
+    if cfg.iters < 1 or cfg.batch < 1 or cfg.patch < 16 or cfg.patch % 16:
+        raise UserError("iters and batch must be >= 1, and patch a multiple of 16")
 
 
 def _train_config(args: argparse.Namespace):  # -> TrainConfig
     from search.train import TrainConfig
 
-    base: dict[str, Any] = {}
-    if args.config:
-        import yaml
-
-        try:
-            base = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserError(f"{args.config}: cannot read config ({exc})") from None
-    diff = dict(base.pop("diffusion", {}) or {})
-    for key in ("prediction", "target", "residual_scale", "loss"):
-        if getattr(args, key) is not None:
-            diff[key] = getattr(args, key)
-    for key in ("preset", "iters", "batch", "patch", "lr", "ema_decay", "seed", "threads", "data", "lr_dir",
-                "checkpoint_every"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
     try:
-        cfg = TrainConfig.from_dict({**base, "diffusion": diff})
-        cfg.unet_config()
-    except (TypeError, KeyError) as exc:
+        cfg = TrainConfig.from_dict(_config_fields(args))
+    except (TypeError, KeyError, ValueError) as exc:
         raise UserError(f"invalid training config: {exc}") from None
-    if cfg.iters < 1 or cfg.batch < 1 or cfg.patch < 16 or cfg.patch % 16:
-        raise UserError("iters and batch must be >= 1, and patch a multiple of 16")
+    _check(cfg)
     return cfg
+
+
+def _run(trainer, args: argparse.Namespace) -> Path:
+    if args.resume and trainer.resume():
+        if trainer.step >= trainer.cfg.iters:
+            print(f"{args.out}: already ran {trainer.step} iterations")
+        else:
+            print(f"resuming {args.out} at iteration {trainer.step}")
+    return trainer.run(progress=not args.no_progress)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from search.train import Trainer
 
-    cfg = _train_config(args)
-    trainer = Trainer(cfg, args.out)
-    if args.resume and trainer.resume():
-        if trainer.step >= cfg.iters:
-            print(f"{args.out}: already trained for {trainer.step} iterations")
-        else:
-            print(f"resuming {args.out} at iteration {trainer.step}")
-    model_dir = trainer.run(progress=not args.no_progress)
+    model_dir = _run(Trainer(_train_config(args), args.out), args)
     print(f"model written to {model_dir}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.figures import search_plots
+    from search.nas import SearchConfig, SearchTrainer
+
+    fields = _config_fields(args)
+    for key in ("space", "relax", "cost", "lut", "warmup_alpha", "alpha_lr"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    loss = dict(fields.pop("cost_loss", {}) or {})
+    for flag, key in (("loss_form", "form"), ("lambda_flops", "lambda_flops"), ("lambda_latency", "lambda_latency"),
+                      ("target_flops", "target_flops"), ("target_latency", "target_latency")):
+        if getattr(args, flag) is not None:
+            loss[key] = getattr(args, flag)
+    temp = dict(fields.pop("temperature", {}) or {})
+    for flag, key in (("t_schedule", "kind"), ("t_max", "t_max"), ("t_min", "t_min")):
+        if getattr(args, flag) is not None:
+            temp[key] = getattr(args, flag)
+    try:
+        cfg = SearchConfig.from_dict({**fields, "cost_loss": loss, "temperature": {"steps": 0, **temp}})
+        cfg.validate()
+    except (TypeError, KeyError, ValueError) as exc:
+        raise UserError(f"invalid search config: {exc}") from None
+    _check(cfg)
+    subnet = _run(SearchTrainer(cfg, args.out), args)
+    plots = search_plots(Path(args.out))
+    print(f"subnet written to {subnet} (arch.json beside it); plots: {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+# ---- profile -------------------------------------------------------------------------------
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="latency lookup table: every candidate block timed on the serving backend")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    p.add_argument("--batch", type=_int_list, default=[1], help="comma-separated batch sizes, e.g. 1,8")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--space", default="default")
+    p.add_argument("--threads", type=int, default=0, help="runtime threads (default: the CPU quota, as served)")
+    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", default="runs/lut.json")
+    p.add_argument("--check", action="store_true", help="then time random subnets end to end and report MAPE")
+    p.add_argument("--check-only", action="store_true", help="check an existing --out table without re-profiling")
+    p.add_argument("--subnets", type=int, default=20, help="random subnets for --check")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from models.config import PRESETS, preset
+    from models.unet import UNet
+    from search.latency import LatencyTable, ProfileConfig, check, profile
+    from search.space import SPACES, make_space
+    from search.supernet import space_config
+
+    if args.preset not in PRESETS or args.space not in SPACES:
+        raise UserError(f"unknown preset or space; presets: {', '.join(PRESETS)}; spaces: {', '.join(SPACES)}")
+    if args.reps < 1 or args.subnets < 2 or min(args.batch) < 1:
+        raise UserError("--reps and --batch must be >= 1 and --subnets >= 2")
+    base = preset(args.preset)
+    supernet = UNet(space_config(base, make_space(args.space, base))).eval()
+    cfg = ProfileConfig(args.backend, args.batch, args.threads, args.warmup, args.reps)
+    out = Path(args.out)
+    if args.check_only:
+        table = LatencyTable.load(out)
+    else:
+        table = profile(supernet, cfg, progress=not args.no_progress)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.save(out)
+        print(f"{len(table.entries)} entries ({args.backend} {table.meta['version']}, {table.meta['threads']} threads) "
+              f"-> {out}")
+    if args.check or args.check_only:
+        report = check(table, supernet, cfg, args.subnets, progress=not args.no_progress)
+        table.save(out)  # with the fitted correction, where it helped
+        out.with_suffix(".check.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        for b, r in report["batches"].items():
+            print(f"batch {b}: MAPE {r['mape_raw']:.1f}% raw, {r['mape_corrected_loo']:.1f}% with a linear correction "
+                  f"(leave-one-out) over {args.subnets} random subnets")
     return 0
 
 
@@ -251,7 +389,7 @@ def _threads(n: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_upscale, _add_info):
+    for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_evaluate, _add_upscale, _add_info):
         add(sub)
     return parser
 

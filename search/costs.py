@@ -45,16 +45,10 @@ class SlotCosts:
 
 def slot_flops(net: torch.nn.Module, size: int = 128, batch: int = 1) -> SlotCosts:
     """FLOPs of each candidate at its real input shape; the rest is what the whole forward adds."""
-    from search.supernet import mixed_ops
+    from search.supernet import mixed_ops, slot_inputs
 
-    inputs: dict[str, tuple] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, slot=m.slot: inputs.__setitem__(slot, args))
-             for m in mixed_ops(net).values()]
-    try:
-        total = count_flops(net, size, batch, net.cfg.in_channels)  # every candidate runs once
-    finally:
-        for h in hooks:
-            h.remove()
+    inputs = slot_inputs(net, size, batch)
+    total = count_flops(net, size, batch, net.cfg.in_channels)  # every candidate runs once
     per_slot: dict[str, dict[str, float]] = {}
     for m in mixed_ops(net).values():
         per_slot[m.slot] = {}

@@ -29,6 +29,7 @@ class EvalConfig:
     batch: int = 16
     seed: int = 0
     eta: float = 0.0
+    trajectory_steps: int = 20  # the trajectory figure follows a longer path than the best setting's
 
 
 def _scores(images: np.ndarray, hrs: list[np.ndarray]) -> dict[str, float]:
@@ -90,5 +91,6 @@ def write_outputs(out: Path, report: dict[str, Any], crops: list, best: tuple, b
     row, sr = best
     comparison_grid(crops, sr, out / "grid.png", f"{row['sampler']} {row['steps']} steps")
     n = min(4, len(crops))
-    trajectory_grid(bundle, np.stack([c[2] for c in crops[:n]]), SamplerConfig(row["sampler"], row["steps"], cfg.eta),
+    steps = min(max(row["steps"], cfg.trajectory_steps), bundle.diffusion.schedule.T)
+    trajectory_grid(bundle, np.stack([c[2] for c in crops[:n]]), SamplerConfig(row["sampler"], steps, cfg.eta),
                     tile_seeds(cfg.seed, n), out / "trajectory.png")

@@ -15,6 +15,28 @@ def mixed_ops(net: torch.nn.Module) -> dict[str, MixedOp]:
     return {path: m for path, m in net.named_modules() if isinstance(m, MixedOp)}
 
 
+def slot_inputs(net: UNet, size: int = 128, batch: int = 1) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The real input of every searchable slot, captured from one forward pass of the supernet."""
+    inputs: dict[str, tuple[torch.Tensor, ...]] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, slot=m.slot: inputs.__setitem__(slot, args))
+             for m in mixed_ops(net).values()]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(batch, net.cfg.in_channels, size, size), torch.full((batch,), 0.5))
+    finally:
+        for h in hooks:
+            h.remove()
+    return inputs
+
+
+def random_arch(net: UNet, rng: torch.Generator) -> dict[str, str]:
+    """A uniformly random choice in every searchable slot."""
+    arch = derive_arch(net)
+    for m in mixed_ops(net).values():
+        arch[m.slot] = m.names[int(torch.randint(len(m.names), (), generator=rng))]
+    return arch
+
+
 def arch_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [m.alpha for m in mixed_ops(net).values()]
 

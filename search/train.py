@@ -12,7 +12,9 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from models.checkpoint import ModelBundle, read_json, read_tensors, save_model, write_json
+from safetensors.torch import save_file
+
+from models.checkpoint import CheckpointError, ModelBundle, load_model, read_json, read_tensors, save_model, write_json
 from models.config import UNetConfig, preset
 from models.diffusion import Diffusion, DiffusionConfig
 from models.unet import UNet
@@ -37,6 +39,7 @@ class TrainConfig:
     lr_dir: str | None = None
     checkpoint_every: int = 200
     threads: int = 0  # 0: torch's default
+    init_model: str | None = None  # fine-tune: start from this model folder (its network and weights)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     unet_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -63,51 +66,83 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 class Trainer:
-    """Owns the model, EMA, optimiser and data stream of one run folder."""
+    """Owns the model, EMA, optimisers and data streams of one run folder.
+
+    Subclasses (the architecture search) add optimisers, samplers and log columns through
+    `optimizers`, `samplers` and the dict `train_step` returns; checkpointing follows them.
+    """
+
+    log_name = "train_log.csv"
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.net = UNet(cfg.unet_config())
+        self.net, self.preset = self.build_net()
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=0.0)
+        self.opt = torch.optim.AdamW(self.weight_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.diffusion = Diffusion(cfg.diffusion)
-        self.data = CropSampler(load_pairs(cfg.data, "train", cfg.lr_dir), cfg.patch, seed=cfg.seed)
+        self.data = CropSampler(self.train_pairs(), cfg.patch, seed=cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.step = 0
 
+    # ---- what subclasses change ------------------------------------------------------------
+    def build_net(self) -> tuple[UNet, str]:
+        if self.cfg.init_model:  # fine-tuning: start from a model folder's network, weights and diffusion
+            bundle = load_model(self.cfg.init_model)
+            self.cfg.diffusion = bundle.diffusion.cfg
+            return bundle.net.train(), bundle.preset
+        return UNet(self.cfg.unet_config()), self.cfg.preset
+
+    def weight_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.net.parameters())
+
+    def train_pairs(self) -> list:
+        return load_pairs(self.cfg.data, "train", self.cfg.lr_dir)
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    def samplers(self) -> dict[str, CropSampler]:
+        return {"data": self.data}
+
     # ---- one optimisation step -------------------------------------------------------------
-    def train_step(self) -> float:
+    def weight_step(self) -> float:
         _, bic, hr = (torch.from_numpy(a) for a in self.data.batch(self.cfg.batch))
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
         loss = self.diffusion.loss(self.net, hr, bic, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.weight_parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.ema.update_parameters(self.net)
-        self.step += 1
         return float(loss.item())
+
+    def train_step(self) -> dict[str, float]:
+        row = {"loss": self.weight_step(), "lr": lr_at(self.cfg, self.step)}
+        self.step += 1
+        return row
 
     def run(self, progress: bool = True) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "train_config.json", self.cfg.to_dict())
-        log_path = self.run_dir / "train_log.csv"
+        log_path = self.run_dir / self.log_name
         new_log = not log_path.exists() or self.step == 0
         with open(log_path, "w" if new_log else "a", newline="") as f:
-            writer = csv.writer(f)
-            if new_log:
-                writer.writerow(["step", "loss", "lr", "seconds"])
-            bar = tqdm(total=self.cfg.iters, initial=self.step, disable=not progress, desc="train", unit="it")
+            writer: csv.DictWriter | None = None
+            bar = tqdm(total=self.cfg.iters, initial=self.step, disable=not progress, desc=self.log_name[:-8],
+                       unit="it")
             t0 = time.perf_counter()
             while self.step < self.cfg.iters:
-                loss = self.train_step()
-                writer.writerow([self.step, f"{loss:.5f}", f"{lr_at(self.cfg, self.step - 1):.3g}",
-                                 f"{time.perf_counter() - t0:.1f}"])
-                bar.set_postfix(loss=f"{loss:.4f}")
+                row = {"step": self.step + 1, **self.train_step(), "seconds": round(time.perf_counter() - t0, 2)}
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    if new_log:
+                        writer.writeheader()
+                writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
                 bar.update(1)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.iters:
                     f.flush()
@@ -121,14 +156,17 @@ class Trainer:
         ckpt.mkdir(parents=True, exist_ok=True)
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
-        opt_state = self.opt.state_dict()
-        for idx, st in opt_state["state"].items():
-            tensors.update({f"opt.{idx}.{k}": torch.as_tensor(v) for k, v in st.items()})
+        groups = {}
+        for name, opt in self.optimizers().items():
+            state = opt.state_dict()
+            groups[name] = state["param_groups"]
+            for idx, st in state["state"].items():
+                tensors.update({f"{name}.{idx}.{k}": torch.as_tensor(v) for k, v in st.items()})
         tensors["rng.torch"] = self.gen.get_state()
-        from safetensors.torch import save_file
+        tensors["rng.global"] = torch.get_rng_state()
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(ckpt / STATE_TENSORS))
-        write_json(ckpt / STATE_JSON, {"step": self.step, "config": self.cfg.to_dict(),
-                                       "param_groups": opt_state["param_groups"], "data_rng": self.data.state()})
+        write_json(ckpt / STATE_JSON, {"step": self.step, "config": self.cfg.to_dict(), "param_groups": groups,
+                                       "samplers": {k: s.state() for k, s in self.samplers().items()}})
 
     def resume(self) -> bool:
         """Continue from the run folder's checkpoint; False when there is none."""
@@ -137,22 +175,27 @@ class Trainer:
             return False
         meta = read_json(ckpt / STATE_JSON)
         tensors = read_tensors(ckpt / STATE_TENSORS)
-        self.net.load_state_dict(_strip(tensors, "net."))
-        self.ema.load_state_dict(_strip(tensors, "ema."))
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in _strip(tensors, "opt.").items():
-            idx, name = k.split(".", 1)
-            state.setdefault(int(idx), {})[name] = v
-        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        try:
+            self.net.load_state_dict(_strip(tensors, "net."))
+            self.ema.load_state_dict(_strip(tensors, "ema."))
+            for name, opt in self.optimizers().items():
+                state: dict[int, dict[str, torch.Tensor]] = {}
+                for k, v in _strip(tensors, f"{name}.").items():
+                    idx, key = k.split(".", 1)
+                    state.setdefault(int(idx), {})[key] = v
+                opt.load_state_dict({"state": state, "param_groups": meta["param_groups"][name]})
+            for name, sampler in self.samplers().items():
+                sampler.set_state(meta["samplers"][name])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{ckpt}: checkpoint does not fit this run ({str(exc)[:300]})") from None
         self.gen.set_state(tensors["rng.torch"])
-        self.data.set_state(meta["data_rng"])
+        torch.set_rng_state(tensors["rng.global"])
         self.step = int(meta["step"])
         return True
 
     def export_model(self, out_dir: str | Path | None = None) -> Path:
         """Write the EMA weights as a deployable model folder."""
-        ema_net = self.ema.module
-        bundle = ModelBundle(ema_net, self.diffusion, self.cfg.preset,
+        bundle = ModelBundle(self.ema.module, self.diffusion, self.preset,
                              meta={"train": self.cfg.to_dict(), "train_steps": self.step})
         return save_model(bundle, out_dir or self.run_dir / "model")
 

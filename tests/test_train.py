@@ -25,6 +25,7 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(v, second.ema.state_dict()[k]), k
     rows = list(csv.DictReader(open(tmp_path / "split" / "train_log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert float(rows[-1]["loss"]) > 0
 
 
 def test_ema_is_exported_and_loadable(tmp_path):
@@ -48,10 +49,10 @@ def test_loss_decreases_on_a_fixed_batch(tmp_path):
     first = []
     for _ in range(3):
         t.gen.set_state(gen_state)
-        first.append(t.train_step())
+        first.append(t.train_step()["loss"])
     for _ in range(60):
         t.gen.set_state(gen_state)
-        last = t.train_step()
+        last = t.train_step()["loss"]
     assert last < 0.7 * first[0]
 
 

@@ -1,0 +1,203 @@
+"""Hardware-aware differentiable architecture search (first-order DARTS) over the SR3 UNet."""
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoint import ModelBundle, save_model, write_json
+from models.unet import UNet
+from search.costs import SlotCosts, count_params, slot_flops
+from search.data import CropSampler, load_pairs
+from search.objective import CostLossConfig, cost_loss
+from search.relax import Relaxation, TemperatureSchedule
+from search.space import make_space
+from search.supernet import arch_parameters, derive_arch, extract, mixed_ops, space_config, weight_parameters
+from search.train import TrainConfig, Trainer
+
+COSTS = ("none", "flops", "latency", "both")
+
+
+@dataclass
+class SearchConfig(TrainConfig):
+    space: str = "default"
+    relax: str = "softmax"
+    temperature: TemperatureSchedule = field(default_factory=lambda: TemperatureSchedule(steps=0))  # 0: alpha phase
+    cost: str = "flops"
+    cost_loss: CostLossConfig = field(default_factory=CostLossConfig)
+    lut: str | None = None  # latency lookup table (srnas profile) for latency costs
+    alpha_lr: float = 3e-4
+    alpha_weight_decay: float = 1e-3
+    warmup_alpha: int = 200  # weights train alone this long before alpha moves
+    alpha_every: int = 1
+    alpha_split_every: int = 3  # every n-th training image feeds alpha, the rest feed the weights
+    skip_warning: float = 0.5  # warn when more than this share of second units collapse to skip
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["temperature"], d["cost_loss"] = asdict(self.temperature), asdict(self.cost_loss)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        d = dict(d)
+        d["temperature"] = TemperatureSchedule(**d.get("temperature", {}))
+        d["cost_loss"] = CostLossConfig(**d.get("cost_loss", {}))
+        return super().from_dict.__func__(cls, d)  # type: ignore[attr-defined]
+
+    def validate(self) -> None:
+        if self.cost not in COSTS:
+            raise ValueError(f"unknown cost {self.cost!r}; choose from {', '.join(COSTS)}")
+        if self.cost in ("latency", "both") and not self.lut:
+            raise ValueError("a latency cost needs --lut (made by `srnas profile`)")
+        Relaxation(self.relax)
+
+
+def entropy(w: torch.Tensor) -> float:
+    """Normalised entropy of a slot's weights: 1 = undecided, 0 = one-hot."""
+    p = w.detach().clamp_min(1e-12)
+    return float(-(p * p.log()).sum() / math.log(len(p))) if len(p) > 1 else 0.0
+
+
+class SearchTrainer(Trainer):
+    """Weights step on one split, alpha steps on another; costs enter alpha's loss only."""
+
+    log_name = "search_log.csv"
+
+    def __init__(self, cfg: SearchConfig, run_dir: str | Path):
+        cfg.validate()
+        super().__init__(cfg, run_dir)
+        self.cfg: SearchConfig = cfg
+        if cfg.temperature.steps <= 0:
+            cfg.temperature.steps = max(cfg.iters - cfg.warmup_alpha, 1)
+        self.relax = Relaxation(cfg.relax, cfg.temperature).install(self.net)
+        self.alpha_opt = torch.optim.Adam(arch_parameters(self.net), lr=cfg.alpha_lr, betas=(0.5, 0.999),
+                                          weight_decay=cfg.alpha_weight_decay)
+        self.alpha_data = CropSampler(self._alpha_pairs, cfg.patch, seed=cfg.seed + 7)
+        self.flops = slot_flops(self.net, self.net.cfg.image_size)
+        self.latency = self._latency_costs()
+        self._warned = False
+
+    # ---- Trainer hooks -------------------------------------------------------------------------
+    def build_net(self) -> tuple[UNet, str]:
+        base = self.cfg.unet_config()
+        return UNet(space_config(base, make_space(self.cfg.space, base))), self.cfg.preset
+
+    def weight_parameters(self) -> list[torch.nn.Parameter]:
+        return weight_parameters(self.net)
+
+    def train_pairs(self) -> list:
+        pairs = load_pairs(self.cfg.data, "train", self.cfg.lr_dir)
+        n = self.cfg.alpha_split_every
+        if len(pairs) < 2:
+            raise ValueError("the search needs at least two training images: one split each for weights and alpha")
+        self._alpha_pairs = [p for i, p in enumerate(pairs) if i % n == n - 1] or pairs[-1:]
+        alpha_names = {p.name for p in self._alpha_pairs}
+        return [p for p in pairs if p.name not in alpha_names]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt, "alpha_opt": self.alpha_opt}
+
+    def samplers(self) -> dict[str, CropSampler]:
+        return {"data": self.data, "alpha_data": self.alpha_data}
+
+    # ---- costs ---------------------------------------------------------------------------------
+    def _latency_costs(self) -> SlotCosts | None:
+        if self.cfg.cost not in ("latency", "both"):
+            return None
+        from search.latency import LatencyTable
+
+        return LatencyTable.load(self.cfg.lut).slot_costs(self.net)
+
+    def expected_costs(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        flops = self.flops.expected(self.net) if self.cfg.cost in ("flops", "both") else None
+        latency = self.latency.expected(self.net) if self.latency is not None else None
+        return flops, latency
+
+    # ---- one step ------------------------------------------------------------------------------
+    def alpha_step(self) -> dict[str, float]:
+        _, bic, hr = (torch.from_numpy(a) for a in self.alpha_data.batch(self.cfg.batch))
+        task = self.diffusion.loss(self.net, hr, bic, self.gen)
+        flops, latency = self.expected_costs()
+        loss = cost_loss(task, self.cfg.cost_loss, flops, latency)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.alpha_opt.step()
+        return {"alpha_task_loss": float(task.item()), "alpha_loss": float(loss.item())}
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.relax.step = max(0, self.step - cfg.warmup_alpha)
+        row: dict[str, Any] = {"loss": self.weight_step(), "lr": self.opt.param_groups[0]["lr"],
+                               "alpha_task_loss": "", "alpha_loss": ""}
+        if self.step >= cfg.warmup_alpha and (self.step - cfg.warmup_alpha) % cfg.alpha_every == 0:
+            row.update(self.alpha_step())
+        with torch.no_grad():
+            flops = self.flops.expected(self.net)
+            latency = self.latency.expected(self.net) if self.latency is not None else None
+            ents = [entropy(torch.softmax(m.alpha, 0)) for m in mixed_ops(self.net).values()]
+        row.update({"temperature": self.relax.temperature, "expected_gflops": float(flops) / 1e9,
+                    "expected_latency_ms": float(latency) * 1e3 if latency is not None else "",
+                    "argmax_gflops": self.flops.of_arch(derive_arch(self.net)) / 1e9,
+                    "mean_entropy": sum(ents) / len(ents), "skip_share": self.skip_share()})
+        self._log_alphas()
+        self.step += 1
+        self._check_collapse(row["skip_share"])
+        return row
+
+    def skip_share(self) -> float:
+        arch = derive_arch(self.net)
+        unit2 = [v for k, v in arch.items() if k.endswith(".unit2")]
+        return sum(v == "skip" for v in unit2) / max(len(unit2), 1)
+
+    def _check_collapse(self, share: float) -> None:
+        if share > self.cfg.skip_warning and not self._warned and self.step > self.cfg.warmup_alpha:
+            warnings.warn(f"search collapsing to skip: {share:.0%} of second units choose skip at step {self.step}; "
+                          "consider a longer weight warm-up, a lower alpha lr or a FLOPs budget instead of a penalty",
+                          stacklevel=2)
+            self._warned = True
+
+    def _log_alphas(self) -> None:
+        path = self.run_dir / "alpha_log.csv"
+        new = not path.exists() or self.step == 0
+        with open(path, "w" if new else "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "slot", "candidate", "alpha", "weight"])
+            for m in mixed_ops(self.net).values():
+                weights = torch.softmax(m.alpha.detach(), 0)
+                for name, a, p in zip(m.names, m.alpha.detach().tolist(), weights.tolist()):
+                    w.writerow([self.step + 1, m.slot, name, f"{a:.5g}", f"{p:.5g}"])
+
+    # ---- results -------------------------------------------------------------------------------
+    def export_model(self, out_dir: str | Path | None = None) -> Path:
+        """Extract the argmax subnet (EMA weights), write it as a model folder, and arch.json beside it."""
+        supernet = self.ema.module
+        with torch.no_grad():
+            for src, dst in zip(arch_parameters(self.net), arch_parameters(supernet)):
+                dst.copy_(src)
+        arch = derive_arch(self.net)
+        sub = extract(supernet, arch)
+        out = Path(out_dir or self.run_dir / "subnet")
+        record = self.arch_record(arch, sub)
+        bundle = ModelBundle(sub, self.diffusion, self.preset,
+                             meta={"search": self.cfg.to_dict(), "search_steps": self.step, "arch": record})
+        save_model(bundle, out)
+        write_json(out / "arch.json", record)
+        write_json(self.run_dir / "arch.json", record)
+        return out
+
+    def arch_record(self, arch: dict[str, str], sub: UNet) -> dict[str, Any]:
+        predicted: dict[str, Any] = {"flops_per_step": self.flops.of_arch(arch), "params": count_params(sub)}
+        if self.latency is not None:
+            predicted["latency_per_step_s"] = {self.cfg.lut: self.latency.of_arch(arch)}
+        weights = {m.slot: dict(zip(m.names, torch.softmax(m.alpha.detach(), 0).tolist()))
+                   for m in mixed_ops(self.net).values()}
+        return {"choices": arch, "predicted": predicted, "alpha_weights": weights,
+                "entropy": {m.slot: entropy(torch.softmax(m.alpha.detach(), 0)) for m in mixed_ops(self.net).values()},
+                "search": self.cfg.to_dict(), "steps": self.step}

@@ -1,0 +1,51 @@
+"""The latency lookup table at toy scale, on both CPU backends (real ONNX Runtime sessions)."""
+import json
+
+import pytest
+import torch
+
+from models.config import UNetConfig
+from models.unet import UNet
+from search.latency import LatencyTable, ProfileConfig, check, profile
+from search.supernet import derive_arch, space_config
+
+BASE = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attn_resolutions=(32,), image_size=64)
+SPACE = {"down0.0.unit1": ["conv3x3", "dwsep3x3"], "down0.0.unit2": ["conv3x3", "skip"],
+         "down1.0.attn": ["none", "self"]}
+
+
+@pytest.fixture(scope="module")
+def supernet():
+    return UNet(space_config(BASE, SPACE)).eval()
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_profile_keys_and_prediction(supernet, backend, tmp_path):
+    cfg = ProfileConfig(backend=backend, batches=[1, 2], threads=1, warmup=1, reps=3, size=64, fixed_subnets=2)
+    table = profile(supernet, cfg, progress=False)
+    assert len(table.entries) == 2 * 6
+    e = table.entries[0]
+    assert set(e) >= {"slot", "candidate", "shape", "batch", "dtype", "backend", "version", "host", "median_s"}
+    assert e["backend"] == backend and e["shape"][0] in (1, 2) and e["median_s"] > 0
+    arch = derive_arch(supernet)
+    expected = table.fixed[1] + sum(table.seconds(s, arch[s], 1) for s in SPACE)
+    assert table.predict(arch, 1) == pytest.approx(expected)
+    table.save(tmp_path / "lut.json")
+    again = LatencyTable.load(tmp_path / "lut.json")
+    assert again.predict(arch, 2) == pytest.approx(table.predict(arch, 2))
+    # a slower candidate costs more in the differentiable form too
+    costs = again.slot_costs(supernet, 1)
+    assert costs.per_slot["down0.0.unit2"]["conv3x3"] > costs.per_slot["down0.0.unit2"]["skip"]
+
+
+def test_check_reports_mape(supernet):
+    cfg = ProfileConfig(backend="torch", batches=[1], threads=1, warmup=1, reps=3, size=64, fixed_subnets=2)
+    table = profile(supernet, cfg, progress=False)
+    report = check(table, supernet, cfg, n=4, progress=False)
+    r = report["batches"]["1"]
+    assert len(r["measured_s"]) == 4 and r["mape_raw"] >= 0 and r["mape_corrected_loo"] >= 0
+
+
+def test_profile_cli_rejects_bad_input(run_srnas, tmp_path):
+    proc = run_srnas("profile", "--backend", "torch", "--preset", "huge", "--out", tmp_path / "x.json")
+    assert proc.returncode == 2 and "unknown preset" in proc.stderr and "Traceback" not in proc.stderr
