@@ -15,7 +15,10 @@ def _crop(y: np.ndarray, border: int) -> np.ndarray:
 
 
 def psnr_y(sr_u8: np.ndarray, hr_u8: np.ndarray, border: int = 2) -> float:
-    return float(peak_signal_noise_ratio(_crop(y_channel(hr_u8), border), _crop(y_channel(sr_u8), border), data_range=255))
+    a, b = _crop(y_channel(hr_u8), border), _crop(y_channel(sr_u8), border)
+    if np.array_equal(a, b):
+        return float("inf")  # identical images; skimage would warn about dividing by zero
+    return float(peak_signal_noise_ratio(a, b, data_range=255))
 
 
 def ssim_y(sr_u8: np.ndarray, hr_u8: np.ndarray, border: int = 2) -> float:

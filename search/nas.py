@@ -37,6 +37,7 @@ class SearchConfig(TrainConfig):
     alpha_every: int = 1
     alpha_split_every: int = 3  # every n-th training image feeds alpha, the rest feed the weights
     skip_warning: float = 0.5  # warn when more than this share of second units collapse to skip
+    log_alpha_every: int = 10  # rows of alpha_log.csv (every slot x candidate) every n steps
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -145,7 +146,8 @@ class SearchTrainer(Trainer):
                     "expected_latency_ms": float(latency) * 1e3 if latency is not None else "",
                     "argmax_gflops": self.flops.of_arch(derive_arch(self.net)) / 1e9,
                     "mean_entropy": sum(ents) / len(ents), "skip_share": self.skip_share()})
-        self._log_alphas()
+        if self.step % self.cfg.log_alpha_every == 0 or self.step + 1 == self.cfg.iters:
+            self._log_alphas()
         self.step += 1
         self._check_collapse(row["skip_share"])
         return row
