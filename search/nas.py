@@ -79,7 +79,7 @@ class SearchTrainer(Trainer):
         self.relax = Relaxation(cfg.relax, cfg.temperature).install(self.net)
         self.alpha_opt = torch.optim.Adam(arch_parameters(self.net), lr=cfg.alpha_lr, betas=(0.5, 0.999),
                                           weight_decay=cfg.alpha_weight_decay)
-        self.alpha_data = CropSampler(self._alpha_pairs, cfg.patch, seed=cfg.seed + 7)
+        self.alpha_data = CropSampler(self._alpha_pairs, cfg.patch, seed=self.rank_seed(7))
         self.flops = slot_flops(self.net, self.net.cfg.image_size)
         self.latency = self._latency_costs()
         self._warned = False
@@ -123,7 +123,7 @@ class SearchTrainer(Trainer):
     # ---- one step ------------------------------------------------------------------------------
     def alpha_step(self) -> dict[str, float]:
         _, bic, hr = (torch.from_numpy(a) for a in self.alpha_data.batch(self.cfg.batch))
-        task = self.diffusion.loss(self.net, hr, bic, self.gen)
+        task = self.diffusion.loss(self.model, hr, bic, self.gen)
         flops, latency = self.expected_costs()
         loss = cost_loss(task, self.cfg.cost_loss, flops, latency)
         self.alpha_opt.zero_grad(set_to_none=True)
@@ -146,7 +146,7 @@ class SearchTrainer(Trainer):
                     "expected_latency_ms": float(latency) * 1e3 if latency is not None else "",
                     "argmax_gflops": self.flops.of_arch(derive_arch(self.net)) / 1e9,
                     "mean_entropy": sum(ents) / len(ents), "skip_share": self.skip_share()})
-        if self.step % self.cfg.log_alpha_every == 0 or self.step + 1 == self.cfg.iters:
+        if self.is_main and (self.step % self.cfg.log_alpha_every == 0 or self.step + 1 == self.cfg.iters):
             self._log_alphas()
         self.step += 1
         self._check_collapse(row["skip_share"])

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -18,6 +20,7 @@ from models.checkpoint import CheckpointError, ModelBundle, load_model, read_jso
 from models.config import UNetConfig, preset
 from models.diffusion import Diffusion, DiffusionConfig
 from models.unet import UNet
+from search import distributed
 from search.data import CropSampler, load_pairs
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
@@ -78,14 +81,25 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
+        self.rank, self.world = distributed.init()
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.net, self.preset = self.build_net()
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.opt = torch.optim.AdamW(self.weight_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.diffusion = Diffusion(cfg.diffusion)
-        self.data = CropSampler(self.train_pairs(), cfg.patch, seed=cfg.seed)
-        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.data = CropSampler(self.train_pairs(), cfg.patch, seed=self.rank_seed(0))
+        self.gen = torch.Generator().manual_seed(self.rank_seed(1))
         self.step = 0
+        # Under torchrun every forward/backward goes through DDP, which averages gradients across ranks.
+        self.model = torch.nn.parallel.DistributedDataParallel(self.net) if self.world > 1 else self.net
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rank_seed(self, stream: int, step: int = 0) -> int:
+        """Different data and noise on each rank; rank 0 alone reproduces a one-process run."""
+        return self.cfg.seed + stream + 1000 * self.rank + 1_000_003 * step * (self.rank > 0)
 
     # ---- what subclasses change ------------------------------------------------------------
     def build_net(self) -> tuple[UNet, str]:
@@ -112,7 +126,7 @@ class Trainer:
         _, bic, hr = (torch.from_numpy(a) for a in self.data.batch(self.cfg.batch))
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
-        loss = self.diffusion.loss(self.net, hr, bic, self.gen)
+        loss = self.diffusion.loss(self.model, hr, bic, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.weight_parameters(), self.cfg.grad_clip)
@@ -127,9 +141,11 @@ class Trainer:
 
     def run(self, progress: bool = True) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(self.run_dir / "train_config.json", self.cfg.to_dict())
-        log_path = self.run_dir / self.log_name
+        if self.is_main:
+            write_json(self.run_dir / "train_config.json", self.cfg.to_dict())
+        log_path = self.run_dir / self.log_name if self.is_main else Path(os.devnull)
         new_log = not log_path.exists() or self.step == 0
+        progress = progress and self.is_main
         with open(log_path, "w" if new_log else "a", newline="") as f:
             writer: csv.DictWriter | None = None
             bar = tqdm(total=self.cfg.iters, initial=self.step, disable=not progress, desc=self.log_name[:-8],
@@ -148,10 +164,26 @@ class Trainer:
                     f.flush()
                     self.save()
             bar.close()
-        return self.export_model()
+        if self.world > 1:
+            self.check_ranks_agree()
+        out = self.export_model() if self.is_main else self.run_dir / "model"
+        distributed.barrier()
+        return out
+
+    def check_ranks_agree(self) -> None:
+        """All ranks must end with identical weights (and alphas); rank 0 records the digests."""
+        digests = distributed.gather(distributed.digest(self.net))
+        agree = len(set(digests)) == 1
+        if self.is_main:
+            write_json(self.run_dir / "ddp.json", {"world_size": self.world, "step": self.step, "digests": digests,
+                                                   "ranks_agree": agree})
+        if not agree:
+            raise RuntimeError(f"DDP ranks diverged: parameter digests {digests}")
 
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self) -> None:
+        if not self.is_main:
+            return
         ckpt = self.run_dir / "checkpoint"
         ckpt.mkdir(parents=True, exist_ok=True)
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
@@ -191,6 +223,10 @@ class Trainer:
         self.gen.set_state(tensors["rng.torch"])
         torch.set_rng_state(tensors["rng.global"])
         self.step = int(meta["step"])
+        if not self.is_main:  # rank 0 saved its own streams; other ranks draw fresh ones for the rest of the run
+            for i, sampler in enumerate(self.samplers().values()):
+                sampler.rng = np.random.default_rng(self.rank_seed(10 + i, self.step))
+            self.gen.manual_seed(self.rank_seed(1, self.step))
         return True
 
     def export_model(self, out_dir: str | Path | None = None) -> Path:
