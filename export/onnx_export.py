@@ -36,3 +36,16 @@ def to_onnx(module: torch.nn.Module, args: Sequence[torch.Tensor], input_names: 
     if path is not None:
         Path(path).write_bytes(data)
     return data
+
+
+def export_unet(net: torch.nn.Module, path: str | Path, dynamo: bool = False, size: int | None = None) -> Path:
+    """Export a UNet denoiser (inputs x: B x 6 x H x W, noise_level: B) and check the file with onnx.checker."""
+    import onnx
+
+    size = size or net.cfg.image_size
+    args = (torch.zeros(1, net.cfg.in_channels, size, size), torch.full((1,), 0.5))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_onnx(net, args, ["x", "noise_level"], path, dynamo=dynamo)
+    onnx.checker.check_model(str(path))
+    return path

@@ -233,6 +233,39 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- export --------------------------------------------------------------------------------
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model (default: the shipped one) or a preset's base UNet")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--preset", help="export a randomly initialised base UNet of this preset, for timing")
+    p.add_argument("--dynamo", action="store_true", help="use the dynamo exporter instead of TorchScript")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.onnx_export import OPSET, export_unet
+    from models.checkpoint import load_model
+    from models.config import PRESETS, preset
+    from models.unet import UNet
+
+    if args.preset and args.model:
+        raise UserError("give --preset or --model, not both")
+    if args.preset:
+        if args.preset not in PRESETS:
+            raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
+        net = UNet(preset(args.preset)).eval()
+    else:
+        net = load_model(args.model).net
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: output folder does not exist")
+    export_unet(net, out, dynamo=args.dynamo)
+    print(f"{out} (opset {OPSET}, dynamic batch, passes onnx.checker)")
+    return 0
+
+
 # ---- evaluate ------------------------------------------------------------------------------
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="PSNR/SSIM(Y) against HR and bicubic, with figures")
@@ -389,7 +422,8 @@ def _threads(n: int) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_evaluate, _add_upscale, _add_info):
+    for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
+                _add_info):
         add(sub)
     return parser
 
