@@ -244,8 +244,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import OPSET, export_unet
+def _network(args: argparse.Namespace):  # -> (UNet, ModelBundle | None)
+    """The base UNet of --preset (random weights), or the network of --model / the shipped model."""
     from models.checkpoint import load_model
     from models.config import PRESETS, preset
     from models.unet import UNet
@@ -255,9 +255,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.preset:
         if args.preset not in PRESETS:
             raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
-        net = UNet(preset(args.preset)).eval()
-    else:
-        net = load_model(args.model).net
+        return UNet(preset(args.preset)).eval(), None
+    bundle = load_model(args.model)
+    return bundle.net, bundle
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.onnx_export import OPSET, export_unet
+
+    net, _ = _network(args)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"{out.parent}: output folder does not exist")
@@ -376,20 +382,12 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def describe(args: argparse.Namespace) -> dict[str, Any]:
-    from models.checkpoint import load_model
-    from models.config import PRESETS, preset
-    from models.unet import UNet
     from search.costs import count_flops, count_params
 
-    if args.preset and args.model:
-        raise UserError("give --preset or --model, not both")
-    if args.preset:
-        if args.preset not in PRESETS:
-            raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
-        net, info = UNet(preset(args.preset)), {"preset": args.preset}
+    net, bundle = _network(args)
+    if bundle is None:
+        info: dict[str, Any] = {"preset": args.preset}
     else:
-        bundle = load_model(args.model)
-        net = bundle.net
         info = {"preset": bundle.preset, "path": str(bundle.path), "defaults": bundle.defaults,
                 "diffusion": bundle.diffusion.cfg.to_dict(), "train_steps": bundle.meta.get("train_steps")}
     size = net.cfg.image_size
