@@ -49,7 +49,7 @@ class SearchConfig(TrainConfig):
         d = dict(d)
         d["temperature"] = TemperatureSchedule(**d.get("temperature", {}))
         d["cost_loss"] = CostLossConfig(**d.get("cost_loss", {}))
-        return super().from_dict.__func__(cls, d)  # type: ignore[attr-defined]
+        return super().from_dict(d)  # type: ignore[return-value]
 
     def validate(self) -> None:
         if self.cost not in COSTS:
