@@ -19,6 +19,8 @@ def to_onnx(module: torch.nn.Module, args: Sequence[torch.Tensor], input_names: 
     (about 1 s each against 15-20 s for the dynamo exporter); both give the same graph ops.
     """
     module = module.eval()
+    with torch.no_grad():  # lazily built parts (a supernet's narrow copies) must exist before tracing
+        module(*args)
     names = list(input_names or [f"input{i}" for i in range(len(args))])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

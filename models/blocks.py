@@ -13,9 +13,9 @@ import torch.nn.functional as F
 class DepthwiseSeparable(nn.Module):
     """k x k depthwise conv, then a 1x1 pointwise conv."""
 
-    def __init__(self, cin: int, cout: int, k: int = 3):
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1):
         super().__init__()
-        self.depthwise = nn.Conv2d(cin, cin, k, padding=k // 2, groups=cin)
+        self.depthwise = nn.Conv2d(cin, cin, k, stride=stride, padding=k // 2, groups=cin)
         self.pointwise = nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,35 +51,73 @@ UNIT_OPS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 DEFAULT_OP = "conv3x3"
 SKIP = "skip"  # a second unit may vanish, so depth can shrink
+SHORTCUTS = ("identity", "conv1x1")  # a residual block's shortcut
 
 
 Choice = str | Sequence[str]  # one operator, or the candidates of a searchable slot
 
 
-class MixedOp(nn.Module):
-    """A searchable slot: its candidates' outputs summed with weights from the slot's parameters alpha.
+def group_norm(groups: int, channels: int) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups, or the largest divisor of `channels` below it (narrow subnets)."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
+
+
+class SearchSlot(nn.Module):
+    """One architecture decision: named choices and their parameters alpha.
 
     `weigh` turns alpha into weights; the search installs softmax, temperature or Gumbel relaxations.
     """
 
-    def __init__(self, slot: str, candidates: dict[str, nn.Module]):
+    def __init__(self, slot: str, names: Sequence[str]):
         super().__init__()
-        self.slot, self.names = slot, list(candidates)
-        self.candidates = nn.ModuleDict(candidates)
+        self.slot, self.names = slot, list(names)
         self.alpha = nn.Parameter(torch.zeros(len(self.names)))
         self.weigh: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def weights(self) -> torch.Tensor:
         return torch.softmax(self.alpha, 0) if self.weigh is None else self.weigh(self.alpha)
 
+
+class MixedOp(SearchSlot):
+    """A searchable operator slot: its candidates' outputs summed with the slot's weights.
+
+    With `single_path` (hard Gumbel, GDAS-style) only the sampled candidate runs; its output is scaled by
+    its straight-through weight (1 in value), so alpha still receives a gradient.
+    """
+
+    def __init__(self, slot: str, candidates: dict[str, nn.Module]):
+        super().__init__(slot, list(candidates))
+        self.candidates = nn.ModuleDict(candidates)
+        self.single_path = False
+
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         w = self.weights()
+        if self.single_path:
+            i = int(torch.argmax(w.detach()))
+            return w[i] * self.candidates[self.names[i]](*args)
         out: torch.Tensor | None = None
         for i, name in enumerate(self.names):
             y = w[i] * self.candidates[name](*args)
             out = y if out is None else out + y
         assert out is not None
         return out
+
+
+class WidthSlot(SearchSlot):
+    """A searchable width: the channel fraction of one UNet level (names such as "1" and "0.5").
+
+    Channel counts cannot be blended, so the supernet runs one width per level per step: sampled by
+    hard Gumbel-softmax while training (the straight-through weight gates the level's outputs) and the
+    most likely width in eval mode. Its probabilities, softmax(alpha), weight the expected costs.
+    """
+
+    def choose(self, training: bool) -> tuple[str, torch.Tensor | None]:
+        """(width name, straight-through gate or None in eval mode)."""
+        if not training:
+            return self.names[int(torch.argmax(self.weights().detach()))], None
+        hard = F.gumbel_softmax(self.alpha, tau=1.0, hard=True)
+        i = int(torch.argmax(hard.detach()))
+        return self.names[i], hard[i]
 
 
 def choice_module(slot: str, choice: Choice, build: Callable[[str], nn.Module]) -> nn.Module:
@@ -111,7 +149,7 @@ class ConvUnit(nn.Module):
 
     def __init__(self, cin: int, cout: int, groups: int, dropout: float = 0.0, op: str = DEFAULT_OP):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, cin)
+        self.norm = group_norm(groups, cin)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.op = UNIT_OPS[op](cin, cout)
 
@@ -123,13 +161,17 @@ class ResBlock(nn.Module):
     """Two units with the noise embedding added between them, plus a (1x1) residual path."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float = 0.0,
-                 ops: tuple[Choice, Choice] = (DEFAULT_OP, DEFAULT_OP), slot: str = ""):
+                 ops: tuple[Choice, Choice] = (DEFAULT_OP, DEFAULT_OP), slot: str = "", shortcut: str | None = None):
         super().__init__()
+        # A 1x1 projection where the channel count changes, or where elastic widths may make it change.
+        shortcut = shortcut or ("conv1x1" if cin != cout else "identity")
+        if shortcut not in SHORTCUTS or (shortcut == "identity" and cin != cout):
+            raise ValueError(f"{slot}.shortcut: {shortcut!r} cannot map {cin} to {cout} channels")
         self.noise = nn.Linear(emb_dim, cout)
         self.unit1 = choice_module(f"{slot}.unit1", ops[0], lambda op: ConvUnit(cin, cout, groups, 0.0, op))
         self.unit2 = choice_module(f"{slot}.unit2", ops[1], lambda op: nn.Identity() if op == SKIP
                                    else ConvUnit(cout, cout, groups, dropout, op))
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.skip = nn.Conv2d(cin, cout, 1) if shortcut == "conv1x1" else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.unit1(x) + self.noise(emb)[:, :, None, None]
@@ -141,7 +183,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = group_norm(groups, channels)
         self.qkv = nn.Conv2d(channels, channels * 3, 1, bias=False)
         self.out = nn.Conv2d(channels, channels, 1)
 
@@ -181,7 +223,7 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, groups: int, reduction: int = 4):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = group_norm(groups, channels)
         self.fc1 = nn.Conv2d(channels, max(channels // reduction, 4), 1)
         self.fc2 = nn.Conv2d(max(channels // reduction, 4), channels, 1)
 
@@ -199,19 +241,34 @@ ATTN_OPS: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
+RESAMPLE_OPS = ("conv3x3", "dwsep3x3")  # the convolution after up- or downsampling
+
+
+def _resample_conv(channels: int, op: str, stride: int) -> nn.Module:
+    if op == "conv3x3":
+        return nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
+    if op == "dwsep3x3":
+        return DepthwiseSeparable(channels, channels, 3, stride)
+    raise ValueError(f"unknown resampling operator {op!r}; choose from {', '.join(RESAMPLE_OPS)}")
+
+
 class Downsample(nn.Module):
-    def __init__(self, channels: int):
+    """Strided 3x3 convolution (SR3's own) or its depthwise-separable form."""
+
+    def __init__(self, channels: int, op: str = "conv3x3"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = _resample_conv(channels, op, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    def __init__(self, channels: int):
+    """Nearest-neighbour x2, then a 3x3 convolution (SR3's own) or its depthwise-separable form."""
+
+    def __init__(self, channels: int, op: str = "conv3x3"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = _resample_conv(channels, op, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -221,10 +278,10 @@ class Stage(nn.Module):
     """A residual block followed by its attention slot (identity when the slot is 'none')."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int, dropout: float,
-                 ops: tuple[Choice, Choice], attn: Choice, slot: str = ""):
+                 ops: tuple[Choice, Choice], attn: Choice, slot: str = "", shortcut: str | None = None):
         super().__init__()
         self.slot = slot
-        self.res = ResBlock(cin, cout, emb_dim, groups, dropout, ops, slot)
+        self.res = ResBlock(cin, cout, emb_dim, groups, dropout, ops, slot, shortcut)
         self.attn = choice_module(f"{slot}.attn", attn, lambda a: ATTN_OPS[a](cout, groups))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -240,6 +240,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--preset", help="export a randomly initialised base UNet of this preset, for timing")
+    p.add_argument("--arch", help="a searched arch.json, carried over to the --preset's network")
     p.add_argument("--dynamo", action="store_true", help="use the dynamo exporter instead of TorchScript")
     p.set_defaults(func=cmd_export)
 
@@ -252,10 +253,15 @@ def _network(args: argparse.Namespace):  # -> (UNet, ModelBundle | None)
 
     if args.preset and args.model:
         raise UserError("give --preset or --model, not both")
+    if getattr(args, "arch", None) and not args.preset:
+        raise UserError("--arch applies to a --preset's network")
     if args.preset:
         if args.preset not in PRESETS:
             raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(sorted(PRESETS))}")
-        return UNet(preset(args.preset)).eval(), None
+        cfg = preset(args.preset)
+        if getattr(args, "arch", None):
+            cfg.arch = _transferred(args.arch, cfg)
+        return UNet(cfg).eval(), None
     bundle = load_model(args.model)
     return bundle.net, bundle
 
@@ -377,8 +383,24 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a preset or a model: params, FLOPs per step, files")
     p.add_argument("--preset", help="describe a randomly initialised base UNet of this preset")
     p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--arch", help="a searched arch.json, carried over to the --preset's network")
+    p.add_argument("--latency", type=int, default=0, metavar="N",
+                   help="also time N runs in ONNX Runtime (batch 1) and report the median")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+
+def _transferred(path: str, cfg) -> dict[str, str]:
+    """A searched arch.json's choices carried over to the preset's network."""
+    from search.space import transfer_arch
+
+    try:
+        choices = json.loads(Path(path).read_text(encoding="utf-8"))["choices"]
+        if not isinstance(choices, dict) or not all(isinstance(v, str) for v in choices.values()):
+            raise ValueError("choices must map slots to operator names")
+        return transfer_arch(choices, cfg)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not a searched arch.json ({exc})") from None
 
 
 def describe(args: argparse.Namespace) -> dict[str, Any]:
@@ -393,10 +415,18 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
     size = net.cfg.image_size
     info.update({"params": count_params(net), "flops_per_step": count_flops(net, size),
                  "input": [1, net.cfg.in_channels, size, size], "unet": net.cfg.to_dict(), "arch": net.cfg.arch or None})
+    if args.latency:
+        from search.latency import ProfileConfig, make_timer, time_network
+
+        timer = make_timer(ProfileConfig("onnxruntime", [1], warmup=3, reps=args.latency))
+        info["latency_s"] = {"backend": "onnxruntime", "batch": 1, "median_of": args.latency,
+                             "seconds": time_network(net, 1, timer, size)}
     return info
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.latency < 0:
+        raise UserError("--latency takes a number of timed runs (0 = none)")
     info = describe(args)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -406,6 +436,39 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"path            {info['path']}")
     print(f"params          {info['params'] / 1e6:.3f} M")
     print(f"flops_per_step  {info['flops_per_step'] / 1e9:.3f} GFLOP (batch 1, {info['input'][2]}x{info['input'][3]})")
+    if "latency_s" in info:
+        print(f"latency         {info['latency_s']['seconds'] * 1e3:.2f} ms per step (ONNX Runtime, batch 1, median)")
+    return 0
+
+
+# ---- compare -------------------------------------------------------------------------------
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="the comparison table: FLOPs, ONNX Runtime latency, PSNR/SSIM per model")
+    p.add_argument("models", nargs="+", metavar="NAME=MODEL_DIR", help="the first one is the reference for ratios")
+    p.add_argument("--out", default="runs/compare", help="folder for compare.md and compare.json")
+    p.add_argument("--reps", type=int, default=30, help="timed runs per model (median)")
+    p.add_argument("--crops", type=int, default=8, help="validation crops per image")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from models.checkpoint import load_model
+    from search.compare import measure, write
+    from search.evaluate import EvalConfig
+    from search.latency import ProfileConfig
+
+    pairs = [m.split("=", 1) for m in args.models]
+    if any(len(p) != 2 or not p[0] for p in pairs) or args.reps < 1 or args.crops < 1:
+        raise UserError("give models as NAME=MODEL_DIR, and --reps, --crops >= 1")
+    _threads(args.threads)
+    bundles = [(name, load_model(path)) for name, path in pairs]  # fail on a bad folder before measuring
+    latency = ProfileConfig("onnxruntime", [1], args.threads, warmup=5, reps=args.reps)
+    evaluation = EvalConfig(crops_per_image=args.crops)
+    rows = [measure(name, bundle, latency, evaluation, progress=not args.no_progress) for name, bundle in bundles]
+    path = write(rows, Path(args.out))
+    print(path.read_text(encoding="utf-8"), end="")
     return 0
 
 
@@ -421,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
-                _add_info):
+                _add_info, _add_compare):
         add(sub)
     return parser
 

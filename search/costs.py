@@ -1,8 +1,12 @@
-"""Cost models: parameters and FLOPs as torch.utils.flop_counter counts them."""
+"""Cost models: parameters and FLOPs as torch.utils.flop_counter counts them, and the expected cost of a supernet."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from models.unet import UNet
 
 
 def count_params(net: torch.nn.Module) -> int:
@@ -19,42 +23,81 @@ def count_flops(net: torch.nn.Module, size: int = 128, batch: int = 1, in_channe
 
 
 class SlotCosts:
-    """Per-candidate costs of every searchable slot plus the fixed rest of the network.
+    """Per-candidate costs of every operator slot plus the fixed rest, per width context.
 
-    The expected cost is differentiable in alpha: fixed + sum over slots of sum_j w_j * c_j.
+    A candidate's cost depends on the widths of the levels around it, so costs are tabulated for every
+    width context ("width0=1,width1=0.5"; "" when widths are fixed). The expected cost (float64) is differentiable
+    in every alpha: sum over contexts of P(context) * (fixed + sum over slots of sum_j w_j * c_j), where
+    P(context) is the product of the width slots' softmax probabilities.
     """
 
-    def __init__(self, fixed: float, per_slot: dict[str, dict[str, float]]):
-        self.fixed, self.per_slot = float(fixed), per_slot
+    def __init__(self, fixed: dict[str, float], per_slot: dict[str, dict[str, dict[str, float]]]):
+        self.fixed = {k: float(v) for k, v in fixed.items()}
+        self.per_slot = per_slot  # slot -> context -> candidate -> cost
+        self._vectors: dict[tuple[str, str], torch.Tensor] = {}
+
+    def _vector(self, slot: str, ctx: str, names: list[str]) -> torch.Tensor:
+        key = (slot, ctx)
+        if key not in self._vectors:
+            self._vectors[key] = torch.tensor([self.per_slot[slot][ctx][n] for n in names], dtype=torch.float64)
+        return self._vectors[key]
 
     def expected(self, net: torch.nn.Module) -> torch.Tensor:
-        from search.supernet import mixed_ops
+        from search.supernet import mixed_ops, width_slots
 
-        total = torch.tensor(self.fixed)
-        for m in mixed_ops(net).values():
-            c = torch.tensor([self.per_slot[m.slot][n] for n in m.names])
-            total = total + (m.weights() * c).sum()
+        probs = {w.slot: dict(zip(w.names, w.weights().double().unbind())) for w in width_slots(net)}
+        weights = [(m.slot, m.names, m.weights().double()) for m in mixed_ops(net).values()]
+        total = torch.zeros((), dtype=torch.float64)
+        for ctx, fixed in self.fixed.items():
+            cost = torch.tensor(fixed, dtype=torch.float64)
+            for slot, names, w in weights:
+                cost = cost + (w * self._vector(slot, ctx, names)).sum()
+            p = torch.ones((), dtype=torch.float64)
+            for part in filter(None, ctx.split(",")):
+                k, v = part.split("=")
+                p = p * probs[k][v]
+            total = total + p * cost
         return total
 
+    def context(self, arch: dict[str, str]) -> str:
+        from search.supernet import context_key
+
+        first = next(iter(self.fixed))
+        names = [part.split("=")[0] for part in filter(None, first.split(","))]
+        return context_key(arch, names)
+
     def of_arch(self, arch: dict[str, str]) -> float:
-        return self.fixed + sum(cands[arch[slot]] for slot, cands in self.per_slot.items())
+        ctx = self.context(arch)
+        return self.fixed[ctx] + sum(costs[ctx][arch[slot]] for slot, costs in self.per_slot.items())
 
     def to_dict(self) -> dict:
         return {"fixed": self.fixed, "per_slot": self.per_slot}
 
 
-def slot_flops(net: torch.nn.Module, size: int = 128, batch: int = 1) -> SlotCosts:
-    """FLOPs of each candidate at its real input shape; the rest is what the whole forward adds."""
-    from search.supernet import mixed_ops, slot_inputs
+def slot_flops(net: UNet, size: int = 128, batch: int = 1) -> SlotCosts:
+    """FLOPs of each candidate at its real input shape, per width context; the rest is what a whole
+    network adds beyond its candidates."""
+    from search.supernet import at_widths, context_key, mixed_ops, slot_inputs, width_combos, width_slots
 
-    inputs = slot_inputs(net, size, batch)
-    total = count_flops(net, size, batch, net.cfg.in_channels)  # every candidate runs once
-    per_slot: dict[str, dict[str, float]] = {}
-    for m in mixed_ops(net).values():
-        per_slot[m.slot] = {}
-        for name in m.names:
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                m.candidates[name](*inputs[m.slot])
-            per_slot[m.slot][name] = float(counter.get_total_flops())
-    fixed = total - sum(sum(c.values()) for c in per_slot.values())
+    names = [w.slot for w in width_slots(net)]
+    per_slot: dict[str, dict[str, dict[str, float]]] = {m.slot: {} for m in mixed_ops(net).values()}
+    fixed: dict[str, float] = {}
+    seen: dict[tuple, float] = {}  # most slots look the same in many width contexts: count each block once
+    for combo in width_combos(net):
+        ctx, narrow = context_key(combo, names), at_widths(net, combo)
+        inputs = slot_inputs(narrow, size, batch)
+        for m in mixed_ops(narrow).values():
+            per_slot[m.slot][ctx] = {}
+            for name in m.names:
+                block = m.candidates[name]
+                key = (m.slot, name, tuple(inputs[m.slot][0].shape), tuple(tuple(p.shape) for p in block.parameters()))
+                if key not in seen:
+                    with FlopCounterMode(display=False) as counter, torch.no_grad():
+                        block(*inputs[m.slot])
+                    seen[key] = float(counter.get_total_flops())
+                per_slot[m.slot][ctx][name] = seen[key]
+        first = {m.slot: m.names[0] for m in mixed_ops(narrow).values()}  # any one plain subnet
+        plain = UNet(dataclasses.replace(net.cfg, arch={**net.cfg.arch, **combo, **first}))
+        fixed[ctx] = count_flops(plain, size, batch, net.cfg.in_channels) - sum(
+            per_slot[s][ctx][c] for s, c in first.items())
     return SlotCosts(fixed, per_slot)

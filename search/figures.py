@@ -91,6 +91,7 @@ def search_plots(run_dir: Path) -> list[Path]:
     axes[0][1].set_title("GFLOP per step")
     axes[0][1].legend(fontsize=7)
     axes[1][0].plot(*_series(rows, "expected_latency_ms"), label="expected latency (ms)")
+    axes[1][0].plot(*_series(rows, "argmax_latency_ms"), label="argmax subnet latency (ms)")
     axes[1][0].plot(*_series(rows, "mean_entropy"), label="mean alpha entropy (0..1)")
     axes[1][0].plot(*_series(rows, "skip_share"), label="share of second units = skip")
     axes[1][0].set_title("latency cost and decisiveness")

@@ -22,7 +22,9 @@ from tqdm import tqdm
 from models.checkpoint import read_json, write_json
 from models.unet import UNet
 from search.costs import SlotCosts
-from search.supernet import extract, mixed_ops, random_arch, slot_inputs
+from models.blocks import DEFAULT_OP, WidthSlot
+from search.supernet import (at_widths, context_key, derive_arch, extract, mixed_ops, random_arch, search_slots,
+                             slot_inputs, width_combos, width_slots)
 
 BACKENDS = ("torch", "onnxruntime")
 Timer = Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], float]
@@ -36,7 +38,7 @@ class ProfileConfig:
     warmup: int = 3
     reps: int = 15
     size: int = 128
-    fixed_subnets: int = 5
+    fixed_subnets: int = 3  # per width context
     seed: int = 0
 
 
@@ -102,35 +104,66 @@ def time_network(net: UNet, batch: int, timer: Timer, size: int = 128) -> float:
 
 
 class LatencyTable:
-    """Entries keyed by slot, candidate, input shape, batch, dtype, backend and version, and host."""
+    """Entries keyed by slot, candidate, input and output shape, batch, dtype, backend and version, and host.
 
-    def __init__(self, meta: dict[str, Any], entries: list[dict[str, Any]], fixed: dict[int, float],
-                 correction: dict[int, tuple[float, float]] | None = None):
-        self.meta, self.entries, self.fixed = meta, entries, fixed
+    `contexts` maps each width context ("" when widths are fixed) to every slot's input and output shape
+    there; `fixed[batch][context]` is the rest of the network.
+    """
+
+    def __init__(self, meta: dict[str, Any], entries: list[dict[str, Any]], contexts: dict[str, dict[str, Any]],
+                 fixed: dict[int, dict[str, float]], correction: dict[int, tuple[float, float]] | None = None):
+        self.meta, self.entries, self.contexts, self.fixed = meta, entries, contexts, fixed
         self.correction = correction or {}
+        self._index = {_key(e["slot"], e["candidate"], e["shape"][1:], e["out_shape"][1:], e["batch"]): e["median_s"]
+                       for e in entries}
 
-    def seconds(self, slot: str, candidate: str, batch: int) -> float:
-        for e in self.entries:
-            if e["slot"] == slot and e["candidate"] == candidate and e["batch"] == batch:
-                return e["median_s"]
-        raise KeyError(f"no latency entry for {slot}/{candidate} at batch {batch}")
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        self._index[_key(entry["slot"], entry["candidate"], entry["shape"][1:], entry["out_shape"][1:],
+                         entry["batch"])] = entry["median_s"]
+
+    def seconds(self, slot: str, candidate: str, batch: int, ctx: str = "") -> float:
+        shapes = self.contexts[ctx][slot]
+        key = _key(slot, candidate, shapes["shape"], shapes["out_shape"], batch)
+        if key not in self._index:
+            raise KeyError(f"no latency entry for {slot}/{candidate} at batch {batch} ({ctx or 'fixed widths'})")
+        return self._index[key]
 
     def slot_costs(self, net: UNet, batch: int = 1) -> SlotCosts:
         if batch not in self.fixed:
             raise ValueError(f"the table has no batch {batch}; it has {sorted(self.fixed)}")
-        per_slot = {m.slot: {n: self.seconds(m.slot, n, batch) for n in m.names} for m in mixed_ops(net).values()}
+        per_slot = {m.slot: {ctx: {n: self.seconds(m.slot, n, batch, ctx) for n in m.names} for ctx in self.contexts}
+                    for m in mixed_ops(net).values()}
         return SlotCosts(self.fixed[batch], per_slot)
 
+    def context(self, arch: dict[str, str]) -> str:
+        names = [part.split("=")[0] for part in filter(None, next(iter(self.contexts)).split(","))]
+        return context_key(arch, names)
+
     def predict(self, arch: dict[str, str], batch: int = 1, corrected: bool = True) -> float:
-        slots = {e["slot"] for e in self.entries}
-        raw = self.fixed[batch] + sum(self.seconds(s, arch[s], batch) for s in slots)
+        ctx = self.context(arch)
+        raw = self.fixed[batch][ctx] + sum(self.seconds(s, arch[s], batch, ctx) for s in self.contexts[ctx])
         if corrected and batch in self.correction:
             a, b = self.correction[batch]
             return a * raw + b
         return raw
 
+    def fastest(self, batch: int = 1) -> dict[str, str]:
+        """The arch the table predicts fastest: the best width context with its fastest candidates."""
+        best: tuple[float, dict[str, str]] | None = None
+        for ctx, slots in self.contexts.items():
+            arch = dict(part.split("=") for part in filter(None, ctx.split(",")))
+            for slot in slots:
+                names = {e["candidate"] for e in self.entries if e["slot"] == slot}
+                arch[slot] = min(names, key=lambda n: self.seconds(slot, n, batch, ctx))
+            t = self.predict(arch, batch, corrected=False)
+            best = (t, arch) if best is None or t < best[0] else best
+        assert best is not None
+        return best[1]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "entries": self.entries, "fixed": {str(k): v for k, v in self.fixed.items()},
+        return {"meta": self.meta, "entries": self.entries, "contexts": self.contexts,
+                "fixed": {str(k): v for k, v in self.fixed.items()},
                 "correction": {str(k): list(v) for k, v in self.correction.items()}}
 
     def save(self, path: str | Path) -> None:
@@ -139,40 +172,61 @@ class LatencyTable:
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
         d = read_json(Path(path))
-        return cls(d["meta"], d["entries"], {int(k): float(v) for k, v in d["fixed"].items()},
+        return cls(d["meta"], d["entries"], d["contexts"], {int(k): v for k, v in d["fixed"].items()},
                    {int(k): (float(v[0]), float(v[1])) for k, v in d.get("correction", {}).items()})
 
 
+def _key(slot: str, candidate: str, shape: list[int], out_shape: list[int], batch: int) -> tuple:
+    return slot, candidate, tuple(shape), tuple(out_shape), batch
+
+
+def _slot_shapes(supernet: UNet, size: int) -> tuple[dict[str, dict[str, Any]], dict[tuple, tuple]]:
+    """Per width context, each slot's input/output shapes; and one module + input per distinct block."""
+    names = [w.slot for w in width_slots(supernet)]
+    contexts: dict[str, dict[str, Any]] = {}
+    blocks: dict[tuple, tuple] = {}
+    for combo in width_combos(supernet):
+        narrow = at_widths(supernet, combo).eval()
+        ctx, inputs = context_key(combo, names), slot_inputs(narrow, size, 1)
+        contexts[ctx] = {}
+        for m in mixed_ops(narrow).values():
+            with torch.no_grad():
+                out = m.candidates[m.names[0]](*inputs[m.slot])
+            shapes = {"shape": list(inputs[m.slot][0].shape[1:]), "out_shape": list(out.shape[1:])}
+            contexts[ctx][m.slot] = shapes
+            for name in m.names:
+                blocks.setdefault((m.slot, name, tuple(shapes["shape"]), tuple(shapes["out_shape"])),
+                                  (m.candidates[name], inputs[m.slot]))
+    return contexts, blocks
+
+
 def profile(supernet: UNet, cfg: ProfileConfig, progress: bool = True) -> LatencyTable:
-    """Time every candidate of every slot as a whole block, then the fixed rest, per batch size."""
+    """Time every distinct candidate block (per slot and width context) as a whole, then the fixed rest."""
     timer = make_timer(cfg)
     meta = {"backend": cfg.backend, "version": backend_version(cfg.backend), "host": host_id(),
             "dtype": "float32", "threads": cfg.threads or _threads(), "config": asdict(cfg),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    entries: list[dict[str, Any]] = []
-    ops = mixed_ops(supernet)
-    total = len(cfg.batches) * sum(len(m.names) for m in ops.values())
-    bar = tqdm(total=total, disable=not progress, desc=f"profile {cfg.backend}", unit="block")
+    contexts, blocks = _slot_shapes(supernet, cfg.size)
+    table = LatencyTable(meta, [], contexts, {b: {} for b in cfg.batches})
+    bar = tqdm(total=len(cfg.batches) * len(blocks), disable=not progress, desc=f"profile {cfg.backend}", unit="block")
     for batch in cfg.batches:
-        inputs = {k: tuple(a.repeat(batch, *[1] * (a.dim() - 1)) for a in v)
-                  for k, v in slot_inputs(supernet, cfg.size, 1).items()}
-        for m in ops.values():
-            for name in m.names:
-                entries.append({"slot": m.slot, "candidate": name, "shape": list(inputs[m.slot][0].shape),
-                                "batch": batch, "dtype": "float32", "backend": cfg.backend,
-                                "version": meta["version"], "host": meta["host"],
-                                "median_s": timer(m.candidates[name], inputs[m.slot])})
-                bar.update(1)
+        for (slot, name, shape, out_shape), (module, args) in blocks.items():
+            args = tuple(a.repeat(batch, *[1] * (a.dim() - 1)) for a in args)
+            table.add({"slot": slot, "candidate": name, "shape": [batch, *shape], "out_shape": [batch, *out_shape],
+                       "batch": batch, "dtype": "float32", "backend": cfg.backend, "version": meta["version"],
+                       "host": meta["host"], "median_s": timer(module, args)})
+            bar.update(1)
     bar.close()
-    table = LatencyTable(meta, entries, {b: 0.0 for b in cfg.batches})
     rng = torch.Generator().manual_seed(cfg.seed)
     for batch in cfg.batches:  # fixed rest = measured - sum of candidates, median over random subnets
-        rests = []
-        for _ in range(cfg.fixed_subnets):
-            arch = random_arch(supernet, rng)
-            rests.append(time_network(extract(supernet, arch), batch, timer, cfg.size)
-                         - table.predict(arch, batch, corrected=False))
-        table.fixed[batch] = statistics.median(rests)
+        for ctx in tqdm(contexts, disable=not progress, desc=f"fixed rest, batch {batch}", unit="context"):
+            rests = []
+            for _ in range(cfg.fixed_subnets):
+                arch = {**random_arch(supernet, rng), **dict(p.split("=") for p in filter(None, ctx.split(",")))}
+                table.fixed[batch][ctx] = 0.0
+                rests.append(time_network(extract(supernet, arch), batch, timer, cfg.size)
+                             - table.predict(arch, batch, corrected=False))
+            table.fixed[batch][ctx] = statistics.median(rests)
     return table
 
 
@@ -182,27 +236,43 @@ def _threads() -> int:
     return cpu_quota()
 
 
+def base_arch(supernet: UNet) -> dict[str, str] | None:
+    """The preset's own network as an arch of this space (None when the space leaves it out)."""
+    arch = derive_arch(supernet)
+    for m in search_slots(supernet):
+        own = "1" if isinstance(m, WidthSlot) else "self" if m.slot.endswith(".attn") else DEFAULT_OP
+        if own not in m.names:
+            return None
+        arch[m.slot] = own
+    return arch
+
+
 def check(table: LatencyTable, supernet: UNet, cfg: ProfileConfig, n: int = 20, progress: bool = True) -> dict[str, Any]:
-    """Time `n` random subnets end to end; MAPE of the table raw and with a leave-one-out linear fit."""
+    """Time `n` random subnets plus the base and the predicted-fastest end to end; MAPE of the table raw
+    and with a leave-one-out linear fit."""
     timer = make_timer(cfg)
     rng = torch.Generator().manual_seed(cfg.seed + 1000)
     report: dict[str, Any] = {"backend": cfg.backend, "subnets": n, "batches": {}}
     for batch in cfg.batches:
+        named = {"base": base_arch(supernet), "fastest": {**derive_arch(supernet), **table.fastest(batch)}}
+        archs = [(k, a) for k, a in named.items() if a is not None] + [
+            (f"random{i}", random_arch(supernet, rng)) for i in range(n)]
         pred, meas = [], []
-        for _ in tqdm(range(n), disable=not progress, desc=f"check batch {batch}"):
-            arch = random_arch(supernet, rng)
+        for _, arch in tqdm(archs, disable=not progress, desc=f"check batch {batch}"):
             pred.append(table.predict(arch, batch, corrected=False))
             meas.append(time_network(extract(supernet, arch), batch, timer, cfg.size))
         p, m = np.array(pred), np.array(meas)
-        loo = np.array([np.polyval(np.polyfit(np.delete(p, i), np.delete(m, i), 1), p[i]) for i in range(n)])
+        k = len(archs)
+        loo = np.array([np.polyval(np.polyfit(np.delete(p, i), np.delete(m, i), 1), p[i]) for i in range(k)])
         a, b = np.polyfit(p, m, 1)
         raw_mape, fit_mape = _mape(p, m), _mape(loo, m)
         use_fit = fit_mape < raw_mape
         if use_fit:
             table.correction[batch] = (float(a), float(b))
-        report["batches"][str(batch)] = {"mape_raw": raw_mape, "mape_corrected_loo": fit_mape,
-                                         "correction": [float(a), float(b)] if use_fit else None,
-                                         "predicted_s": pred, "measured_s": meas}
+        report["batches"][str(batch)] = {
+            "mape_raw": raw_mape, "mape_corrected_loo": fit_mape, "correction": [float(a), float(b)] if use_fit else None,
+            "subnets": [{"name": name, "predicted_s": pp, "measured_s": mm}
+                        for (name, _), pp, mm in zip(archs, pred, meas)]}
     return report
 
 

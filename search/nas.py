@@ -17,7 +17,7 @@ from search.data import CropSampler, load_pairs
 from search.objective import CostLossConfig, cost_loss
 from search.relax import Relaxation, TemperatureSchedule
 from search.space import make_space
-from search.supernet import arch_parameters, derive_arch, extract, mixed_ops, space_config, weight_parameters
+from search.supernet import arch_parameters, derive_arch, extract, search_slots, space_config, weight_parameters
 from search.train import TrainConfig, Trainer
 
 COSTS = ("none", "flops", "latency", "both")
@@ -69,6 +69,7 @@ class SearchTrainer(Trainer):
     """Weights step on one split, alpha steps on another; costs enter alpha's loss only."""
 
     log_name = "search_log.csv"
+    single_path = True  # hard Gumbel runs one candidate per slot; sampled widths leave channels idle
 
     def __init__(self, cfg: SearchConfig, run_dir: str | Path):
         cfg.validate()
@@ -138,13 +139,15 @@ class SearchTrainer(Trainer):
                                "alpha_task_loss": "", "alpha_loss": ""}
         if self.step >= cfg.warmup_alpha and (self.step - cfg.warmup_alpha) % cfg.alpha_every == 0:
             row.update(self.alpha_step())
+        arch = derive_arch(self.net)
         with torch.no_grad():
             flops = self.flops.expected(self.net)
             latency = self.latency.expected(self.net) if self.latency is not None else None
-            ents = [entropy(torch.softmax(m.alpha, 0)) for m in mixed_ops(self.net).values()]
+            ents = [entropy(torch.softmax(m.alpha, 0)) for m in search_slots(self.net)]
         row.update({"temperature": self.relax.temperature, "expected_gflops": float(flops) / 1e9,
                     "expected_latency_ms": float(latency) * 1e3 if latency is not None else "",
-                    "argmax_gflops": self.flops.of_arch(derive_arch(self.net)) / 1e9,
+                    "argmax_gflops": self.flops.of_arch(arch) / 1e9,
+                    "argmax_latency_ms": self.latency.of_arch(arch) * 1e3 if self.latency is not None else "",
                     "mean_entropy": sum(ents) / len(ents), "skip_share": self.skip_share()})
         if self.is_main and (self.step % self.cfg.log_alpha_every == 0 or self.step + 1 == self.cfg.iters):
             self._log_alphas()
@@ -171,7 +174,7 @@ class SearchTrainer(Trainer):
             w = csv.writer(f)
             if new:
                 w.writerow(["step", "slot", "candidate", "alpha", "weight"])
-            for m in mixed_ops(self.net).values():
+            for m in search_slots(self.net):
                 weights = torch.softmax(m.alpha.detach(), 0)
                 for name, a, p in zip(m.names, m.alpha.detach().tolist(), weights.tolist()):
                     w.writerow([self.step + 1, m.slot, name, f"{a:.5g}", f"{p:.5g}"])
@@ -191,6 +194,8 @@ class SearchTrainer(Trainer):
                              meta={"search": self.cfg.to_dict(), "search_steps": self.step, "arch": record})
         save_model(bundle, out)
         write_json(out / "arch.json", record)
+        save_model(ModelBundle(supernet, self.diffusion, self.preset, meta={"search": self.cfg.to_dict()}),
+                   self.run_dir / "supernet")  # for the comparison table
         write_json(self.run_dir / "arch.json", record)
         return out
 
@@ -199,7 +204,7 @@ class SearchTrainer(Trainer):
         if self.latency is not None:
             predicted["latency_per_step_s"] = {self.cfg.lut: self.latency.of_arch(arch)}
         weights = {m.slot: dict(zip(m.names, torch.softmax(m.alpha.detach(), 0).tolist()))
-                   for m in mixed_ops(self.net).values()}
+                   for m in search_slots(self.net)}
         return {"choices": arch, "predicted": predicted, "alpha_weights": weights,
-                "entropy": {m.slot: entropy(torch.softmax(m.alpha.detach(), 0)) for m in mixed_ops(self.net).values()},
+                "entropy": {m.slot: entropy(torch.softmax(m.alpha.detach(), 0)) for m in search_slots(self.net)},
                 "search": self.cfg.to_dict(), "steps": self.step}

@@ -1,7 +1,7 @@
 """How hardware cost enters the architecture loss."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -26,6 +26,13 @@ class CostLossConfig:
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"unknown cost loss form {self.form!r}; choose from {', '.join(FORMS)}")
+        for f in fields(self):  # YAML reads 0.7e9 as a string (YAML 1.1 wants 0.7e+9)
+            value = getattr(self, f.name)
+            if f.name != "form" and value is not None:
+                try:
+                    setattr(self, f.name, float(value))
+                except (TypeError, ValueError):
+                    raise ValueError(f"cost_loss.{f.name}: expected a number, got {value!r}") from None
 
 
 def cost_loss(task: torch.Tensor, cfg: CostLossConfig, flops: torch.Tensor | None = None,

@@ -58,4 +58,5 @@ class Relaxation:
     def install(self, net: torch.nn.Module) -> "Relaxation":
         for m in mixed_ops(net).values():
             m.weigh = self
+            m.single_path = self.mode == "gumbel-hard"  # GDAS: only the sampled candidate runs
         return self

@@ -2,17 +2,43 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 
-from models.blocks import MixedOp
+from models.blocks import MixedOp, SearchSlot, WidthSlot
 from models.config import UNetConfig
 from models.unet import UNet
 
 
 def mixed_ops(net: torch.nn.Module) -> dict[str, MixedOp]:
-    """Module path -> MixedOp, in network order."""
+    """Module path -> MixedOp (operator slots), in network order."""
     return {path: m for path, m in net.named_modules() if isinstance(m, MixedOp)}
+
+
+def width_slots(net: torch.nn.Module) -> list[WidthSlot]:
+    return [m for m in net.modules() if isinstance(m, WidthSlot)]
+
+
+def search_slots(net: torch.nn.Module) -> list[SearchSlot]:
+    """Every architecture decision: operator slots, then level widths."""
+    return [*mixed_ops(net).values(), *width_slots(net)]
+
+
+def width_combos(net: UNet) -> list[dict[str, str]]:
+    """Every assignment of widths to the searchable levels ([{}] when widths are fixed)."""
+    slots = width_slots(net)
+    return [dict(zip([w.slot for w in slots], names)) for names in itertools.product(*[w.names for w in slots])]
+
+
+def at_widths(net: UNet, widths: dict[str, str]) -> UNet:
+    """The network that runs for this width choice (the supernet itself when widths are fixed)."""
+    return net.narrow(widths)[0] if widths else net
+
+
+def context_key(arch: dict[str, str], width_names: list[str]) -> str:
+    """Costs depend on the widths: they are tabulated per width context such as "width0=1,width1=0.5"."""
+    return ",".join(f"{k}={arch[k]}" for k in sorted(width_names))
 
 
 def slot_inputs(net: UNet, size: int = 128, batch: int = 1) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -32,13 +58,13 @@ def slot_inputs(net: UNet, size: int = 128, batch: int = 1) -> dict[str, tuple[t
 def random_arch(net: UNet, rng: torch.Generator) -> dict[str, str]:
     """A uniformly random choice in every searchable slot."""
     arch = derive_arch(net)
-    for m in mixed_ops(net).values():
+    for m in search_slots(net):
         arch[m.slot] = m.names[int(torch.randint(len(m.names), (), generator=rng))]
     return arch
 
 
 def arch_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [m.alpha for m in mixed_ops(net).values()]
+    return [m.alpha for m in search_slots(net)]
 
 
 def weight_parameters(net: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -50,18 +76,24 @@ def derive_arch(net: UNet) -> dict[str, str]:
     """Every slot's choice: argmax of alpha where searchable, the fixed choice elsewhere."""
     arch = {k: v for k, v in net.cfg.arch.items() if isinstance(v, str)}
     arch.update({k: v[0] for k, v in net.cfg.arch.items() if not isinstance(v, str) and len(v) == 1})
-    for m in mixed_ops(net).values():
+    for m in search_slots(net):
         arch[m.slot] = m.names[int(torch.argmax(m.alpha.detach()))]
     return arch
 
 
 def extract(net: UNet, arch: dict[str, str] | None = None) -> UNet:
-    """A plain UNet (no mixed ops) of the chosen candidates, inheriting their trained weights."""
+    """A plain UNet (no search slots) of the chosen candidates and widths, inheriting their trained weights."""
     arch = derive_arch(net) if arch is None else arch
     sub = UNet(dataclasses.replace(net.cfg, arch=dict(arch)))
-    chosen = {path: arch[m.slot] for path, m in mixed_ops(net).items()}
+    widths = {w.slot: arch[w.slot] for w in width_slots(net)}
+    if widths:  # the chosen widths' slices of the shared weights
+        wide, params = net.narrow(widths)
+        source = {k: v.detach() for k, v in params.items()}
+    else:
+        wide, source = net, net.state_dict()
+    chosen = {path: arch[m.slot] for path, m in mixed_ops(wide).items()}
     state = {}
-    for key, value in net.state_dict().items():
+    for key, value in source.items():
         new_key = _subnet_key(key, chosen)
         if new_key is not None:
             state[new_key] = value
@@ -81,8 +113,8 @@ def _subnet_key(key: str, chosen: dict[str, str]) -> str | None:
 
 
 def one_hot_weights(net: torch.nn.Module, arch: dict[str, str]) -> None:
-    """Make every mixed op use exactly its `arch` candidate (weight 1, others 0)."""
-    for m in mixed_ops(net).values():
+    """Make every slot use exactly its `arch` choice (weight 1, others 0; widths take effect in eval mode)."""
+    for m in search_slots(net):
         idx = m.names.index(arch[m.slot])
         m.weigh = lambda a, i=idx: torch.nn.functional.one_hot(torch.tensor(i), a.numel()).to(a.dtype)
 

@@ -76,6 +76,7 @@ class Trainer:
     """
 
     log_name = "train_log.csv"
+    single_path = False  # some parameters sit out a step (sampled candidates): DDP must look for them
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -91,7 +92,8 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(self.rank_seed(1))
         self.step = 0
         # Under torchrun every forward/backward goes through DDP, which averages gradients across ranks.
-        self.model = torch.nn.parallel.DistributedDataParallel(self.net) if self.world > 1 else self.net
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=self.single_path)
+                      if self.world > 1 else self.net)
 
     @property
     def is_main(self) -> bool:

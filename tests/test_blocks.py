@@ -50,3 +50,28 @@ def test_arch_choices_reach_the_network():
                                                          "down1.0.attn": "linear"}}))
     assert count_flops(slim, 128) < count_flops(base, 128)
     assert slim(torch.randn(1, 6, 128, 128), torch.tensor([0.3])).shape == (1, 3, 128, 128)
+
+
+def test_sr3nas_space_counts_per_residual_layer():
+    from models.config import preset
+    from search.space import make_space, stages
+
+    cfg = preset("tiny")
+    space = make_space("sr3nas", cfg)
+    for slot, has_attn in stages(cfg):
+        n = len(space[f"{slot}.unit1"]) * len(space[f"{slot}.unit2"])
+        if has_attn:
+            n *= len(space[f"{slot}.attn"])
+        # 9 without attention, as the presentation says; with attention 3 x 3 x 4 = 36 (it prints 34)
+        assert n == (36 if has_attn else 9)
+    assert not any(k.startswith("width") for k in space)
+
+
+@pytest.mark.parametrize("op", ["conv3x3", "dwsep3x3"])
+def test_resampling_candidates(op):
+    from models.blocks import Downsample, Upsample
+
+    x = torch.randn(1, 8, 16, 16)
+    assert Downsample(8, op)(x).shape == (1, 8, 8, 8) and Upsample(8, op)(x).shape == (1, 8, 32, 32)
+    with pytest.raises(ValueError, match="resampling operator"):
+        Downsample(8, "maxpool")

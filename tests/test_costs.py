@@ -7,7 +7,7 @@ from models.config import UNetConfig
 from models.unet import UNet
 from search.costs import count_flops, slot_flops
 from search.relax import Relaxation, TemperatureSchedule
-from search.supernet import derive_arch, extract, mixed_ops, space_config
+from search.supernet import arch_parameters, derive_arch, extract, mixed_ops, random_arch, space_config
 
 BASE = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attn_resolutions=(64,))
 SPACE = {"down0.0.unit1": ["conv3x3", "dwsep3x3", "ibn2"], "down0.0.unit2": ["conv3x3", "skip"],
@@ -36,7 +36,7 @@ def test_cost_gradient_matches_the_softmax_closed_form():
     costs.expected(net).backward()
     for m in mixed_ops(net).values():
         w = torch.softmax(m.alpha.detach(), 0).double()
-        c = torch.tensor([costs.per_slot[m.slot][n] for n in m.names], dtype=torch.float64)
+        c = torch.tensor([costs.per_slot[m.slot][""][n] for n in m.names], dtype=torch.float64)
         closed = w * (c - (w * c).sum())  # d/d alpha_j of sum_k softmax_k c_k
         assert torch.allclose(m.alpha.grad.double(), closed, rtol=1e-4, atol=1e-3 * c.max().item())
 
@@ -81,3 +81,43 @@ def test_cost_loss_forms():
     assert under.item() == pytest.approx(0.5) and over.item() == pytest.approx(1.5)
     over.backward()
     assert flops.grad.item() > 0  # only cost above the budget pulls alpha
+
+
+WIDE_SPACE = {**SPACE, "width0": ["1", "0.5"], "width1": ["1", "0.5", "0.25"], "down1.0.shortcut": "conv1x1"}
+
+
+def test_width_contexts_predict_every_subnet_exactly():
+    net = UNet(space_config(BASE, WIDE_SPACE))
+    costs = slot_flops(net, 64)
+    assert len(costs.fixed) == 2 * 3
+    rng = torch.Generator().manual_seed(3)
+    seen = set()
+    for _ in range(6):
+        arch = random_arch(net, rng)
+        seen.add((arch["width0"], arch["width1"]))
+        assert costs.of_arch(arch) == pytest.approx(count_flops(extract(net, arch), 64), rel=1e-9)
+    assert len(seen) > 1
+    half = {**derive_arch(net), "width0": "0.5", "width1": "0.5"}
+    assert costs.of_arch(half) < 0.5 * costs.of_arch(derive_arch(net))  # narrow levels are where FLOPs go
+
+
+def test_expected_cost_gradient_matches_finite_differences():
+    net = UNet(space_config(BASE, WIDE_SPACE)).double()
+    costs = slot_flops(net, 64)
+    torch.manual_seed(4)
+    alphas = arch_parameters(net)
+    with torch.no_grad():
+        for a in alphas:
+            a.copy_(torch.randn_like(a))
+    costs.expected(net).backward()
+    h = 1e-6
+    for a in alphas:
+        for j in range(a.numel()):
+            with torch.no_grad():
+                a[j] += h
+                up = costs.expected(net).item()
+                a[j] -= 2 * h
+                down = costs.expected(net).item()
+                a[j] += h
+            numeric = (up - down) / (2 * h)
+            assert a.grad[j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-6 * abs(up))

@@ -11,7 +11,8 @@ from search.supernet import derive_arch, space_config
 
 BASE = UNetConfig(base_channels=8, channel_mults=(1, 2), groups=4, attn_resolutions=(32,), image_size=64)
 SPACE = {"down0.0.unit1": ["conv3x3", "dwsep3x3"], "down0.0.unit2": ["conv3x3", "skip"],
-         "down1.0.attn": ["none", "self"]}
+         "down1.0.attn": ["none", "self"], "width0": ["1", "0.5"], "down1.0.shortcut": "conv1x1"}
+OPS = [k for k, v in SPACE.items() if isinstance(v, list) and not k.startswith("width")]
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +24,25 @@ def supernet():
 def test_profile_keys_and_prediction(supernet, backend, tmp_path):
     cfg = ProfileConfig(backend=backend, batches=[1, 2], threads=1, warmup=1, reps=3, size=64, fixed_subnets=2)
     table = profile(supernet, cfg, progress=False)
-    assert len(table.entries) == 2 * 6
+    # width0 changes every slot's shapes except the attention's input (level 1 keeps its width)
+    assert sorted(table.contexts) == ["width0=0.5", "width0=1"]
+    assert len(table.entries) == 2 * (2 * 2 + 2 * 2 + 2)
     e = table.entries[0]
-    assert set(e) >= {"slot", "candidate", "shape", "batch", "dtype", "backend", "version", "host", "median_s"}
+    assert set(e) >= {"slot", "candidate", "shape", "out_shape", "batch", "dtype", "backend", "version", "host",
+                      "median_s"}
     assert e["backend"] == backend and e["shape"][0] in (1, 2) and e["median_s"] > 0
-    arch = derive_arch(supernet)
-    expected = table.fixed[1] + sum(table.seconds(s, arch[s], 1) for s in SPACE)
-    assert table.predict(arch, 1) == pytest.approx(expected)
+    for width in ("1", "0.5"):
+        arch = {**derive_arch(supernet), "width0": width}
+        ctx = f"width0={width}"
+        expected = table.fixed[1][ctx] + sum(table.seconds(s, arch[s], 1, ctx) for s in OPS)
+        assert table.predict(arch, 1) == pytest.approx(expected)
     table.save(tmp_path / "lut.json")
     again = LatencyTable.load(tmp_path / "lut.json")
     assert again.predict(arch, 2) == pytest.approx(table.predict(arch, 2))
     # a slower candidate costs more in the differentiable form too
     costs = again.slot_costs(supernet, 1)
-    assert costs.per_slot["down0.0.unit2"]["conv3x3"] > costs.per_slot["down0.0.unit2"]["skip"]
+    assert costs.per_slot["down0.0.unit2"]["width0=1"]["conv3x3"] > costs.per_slot["down0.0.unit2"]["width0=1"]["skip"]
+    assert costs.expected(supernet).item() > 0
 
 
 def test_check_reports_mape(supernet):
@@ -43,7 +50,11 @@ def test_check_reports_mape(supernet):
     table = profile(supernet, cfg, progress=False)
     report = check(table, supernet, cfg, n=4, progress=False)
     r = report["batches"]["1"]
-    assert len(r["measured_s"]) == 4 and r["mape_raw"] >= 0 and r["mape_corrected_loo"] >= 0
+    names = [x["name"] for x in r["subnets"]]
+    assert names[:2] == ["base", "fastest"] and len(names) == 6  # the extremes, then the random ones
+    assert all(x["measured_s"] > 0 for x in r["subnets"]) and r["mape_raw"] >= 0 and r["mape_corrected_loo"] >= 0
+    fastest, base = r["subnets"][1], r["subnets"][0]
+    assert fastest["predicted_s"] < base["predicted_s"]
 
 
 def test_profile_cli_rejects_bad_input(run_srnas, tmp_path):

@@ -9,7 +9,9 @@ import yaml
 from search.nas import SearchConfig, SearchTrainer, entropy
 from search.supernet import arch_parameters, mixed_ops
 
-TOY = dict(batch=1, patch=32, warmup=1, checkpoint_every=2, unet_overrides={"base_channels": 8, "groups": 4})
+# "ops" keeps the widths fixed (16 width contexts would multiply the cost tables); the CLI test covers widths.
+TOY = dict(batch=1, patch=32, warmup=1, checkpoint_every=2, space="ops",
+           unet_overrides={"base_channels": 8, "groups": 4})
 
 
 def test_weights_and_alpha_use_disjoint_images(tmp_path):
@@ -59,7 +61,7 @@ def test_entropy_measures_decisiveness():
 
 def test_search_finetune_info_cli(run_srnas, tmp_path):
     cfg = tmp_path / "toy.yaml"
-    cfg.write_text(yaml.safe_dump({"unet_overrides": {"base_channels": 8, "groups": 4}, "warmup": 1}))
+    cfg.write_text(yaml.safe_dump({"warmup": 1}))  # the tiny preset in the default space, widths included
     run = tmp_path / "search"
     proc = run_srnas("search", "--config", cfg, "--iters", "3", "--batch", "1", "--patch", "32", "--warmup-alpha",
                      "1", "--relax", "gumbel", "--cost", "flops", "--loss-form", "budget", "--target-flops", "1e8",
@@ -72,12 +74,54 @@ def test_search_finetune_info_cli(run_srnas, tmp_path):
     info = json.loads(run_srnas("info", "--model", run / "subnet", "--json").stdout)
     assert info["arch"] == record["choices"]
     assert info["flops_per_step"] == pytest.approx(record["predicted"]["flops_per_step"], rel=1e-9)
+    # the arch carried over to a preset's network: the same preset gives the same costs
+    info = json.loads(run_srnas("info", "--preset", "tiny", "--arch", run / "arch.json", "--json", "--latency", "2").stdout)
+    assert info["arch"] == record["choices"] and info["latency_s"]["seconds"] > 0
+    assert info["flops_per_step"] == pytest.approx(record["predicted"]["flops_per_step"], rel=1e-9)
+    bad = run_srnas("info", "--preset", "tiny", "--arch", cfg)
+    assert bad.returncode == 2 and "not a searched arch.json" in bad.stderr and "Traceback" not in bad.stderr
     ft = tmp_path / "ft"
     proc = run_srnas("finetune", "--model", run / "subnet", "--iters", "2", "--batch", "1", "--patch", "32",
                      "--out", ft, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     tuned = json.loads((ft / "model" / "config.json").read_text())
     assert tuned["unet"]["arch"] == record["choices"] and tuned["diffusion"]["prediction"] == "v"
+    # the comparison table: the supernet and the fine-tuned subnet against the subnet as searched
+    proc = run_srnas("compare", f"searched={run / 'subnet'}", f"supernet={run / 'supernet'}",
+                     f"tuned={ft / 'model'}", "--reps", "2", "--crops", "1", "--out", tmp_path / "cmp", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["model"] for r in rows] == ["searched", "supernet", "tuned"]
+    assert rows[1]["flops_per_step"] > rows[0]["flops_per_step"] == rows[2]["flops_per_step"]
+    assert rows[0]["predicted_latency_s"] is None and all(r["latency_s"] > 0 and r["psnr_y"] > 10 for r in rows)
+    assert "| searched |" in proc.stdout and "1.00×" in proc.stdout
+
+
+def test_compare_rejects_bad_input(run_srnas, tmp_path):
+    proc = run_srnas("compare", "no-equals-sign")
+    assert proc.returncode == 2 and "NAME=MODEL_DIR" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_srnas("compare", f"x={tmp_path / 'missing'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_hard_gumbel_runs_one_candidate_per_slot(tmp_path):
+    t = SearchTrainer(SearchConfig(iters=2, relax="gumbel-hard", warmup_alpha=0, **TOY), tmp_path)
+    calls = []
+    for m in mixed_ops(t.net).values():
+        for name, cand in m.candidates.items():
+            cand.register_forward_hook(lambda *a, slot=m.slot: calls.append(slot))
+    t.net(torch.randn(1, 6, 32, 32), torch.tensor([0.5])).mean().backward()
+    assert calls and len(calls) == len(set(calls))  # one candidate ran in each slot reached
+    assert all(a.grad is not None for a in arch_parameters(t.net) if a.grad is not None)
+    assert sum(a.grad.abs().sum().item() > 0 for a in arch_parameters(t.net) if a.grad is not None) > 5
+
+
+def test_yaml_exponents_become_numbers():
+    from search.objective import CostLossConfig
+
+    assert CostLossConfig(form="budget", target_flops="0.7e9").target_flops == 7e8
+    with pytest.raises(ValueError, match="expected a number"):
+        CostLossConfig(target_latency="fast")
 
 
 def test_search_rejects_latency_without_a_table(run_srnas, tmp_path):
