@@ -77,7 +77,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-flops", type=float)
     p.add_argument("--lambda-latency", type=float)
     p.add_argument("--target-flops", type=float)
-    p.add_argument("--target-latency", type=float)
+    p.add_argument("--target-latency", type=float, help="seconds per step (budget form)")
+    p.add_argument("--lambda-budget", type=float, help="weight of the budget penalty")
     p.add_argument("--lut", help="latency lookup table from `srnas profile`")
     p.add_argument("--warmup-alpha", type=int, help="weight-only steps before alpha moves")
     p.add_argument("--alpha-lr", type=float)
@@ -163,7 +164,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             fields[key] = getattr(args, key)
     loss = dict(fields.pop("cost_loss", {}) or {})
     for flag, key in (("loss_form", "form"), ("lambda_flops", "lambda_flops"), ("lambda_latency", "lambda_latency"),
-                      ("target_flops", "target_flops"), ("target_latency", "target_latency")):
+                      ("target_flops", "target_flops"), ("target_latency", "target_latency"),
+                      ("lambda_budget", "lambda_budget")):
         if getattr(args, flag) is not None:
             loss[key] = getattr(args, flag)
     temp = dict(fields.pop("temperature", {}) or {})

@@ -64,11 +64,13 @@ def test_search_finetune_info_cli(run_srnas, tmp_path):
     cfg.write_text(yaml.safe_dump({"warmup": 1}))  # the tiny preset in the default space, widths included
     run = tmp_path / "search"
     proc = run_srnas("search", "--config", cfg, "--iters", "3", "--batch", "1", "--patch", "32", "--warmup-alpha",
-                     "1", "--relax", "gumbel", "--cost", "flops", "--loss-form", "budget", "--target-flops", "1e8",
+                     "1", "--relax", "gumbel", "--cost", "flops", "--loss-form", "budget", "--target-flops", "1e8", "--lambda-budget", "0.5",
                      "--out", run, "--no-progress", "--prediction", "v", "--target", "residual")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((run / "arch.json").read_text())
     assert record["predicted"]["flops_per_step"] > 0 and len(record["choices"]) > 20
+    assert record["search"]["cost_loss"]["lambda_budget"] == 0.5 and record["search"]["cost_loss"]["form"] == "budget"
+    assert {"width0", "down0.down", "up1.up"} <= set(record["choices"])
     for name in ("search.png", "alpha.png", "search_log.csv", "alpha_log.csv"):
         assert (run / name).is_file(), name
     info = json.loads(run_srnas("info", "--model", run / "subnet", "--json").stdout)
