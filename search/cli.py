@@ -457,7 +457,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
-    from search.compare import measure, write
+    from search.compare import latency as measure_latency, measure, write
     from search.evaluate import EvalConfig
     from search.latency import ProfileConfig
 
@@ -466,9 +466,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("give models as NAME=MODEL_DIR, and --reps, --crops >= 1")
     _threads(args.threads)
     bundles = [(name, load_model(path)) for name, path in pairs]  # fail on a bad folder before measuring
-    latency = ProfileConfig("onnxruntime", [1], args.threads, warmup=5, reps=args.reps)
+    timing = ProfileConfig("onnxruntime", [1], args.threads, warmup=5, reps=args.reps)
     evaluation = EvalConfig(crops_per_image=args.crops)
-    rows = [measure(name, bundle, latency, evaluation, progress=not args.no_progress) for name, bundle in bundles]
+    # every latency first, on a quiet process: torch's worker threads linger busily after its own work
+    timings = [measure_latency(bundle, timing) for _, bundle in bundles]
+    rows = [measure(name, bundle, t, evaluation, progress=not args.no_progress)
+            for (name, bundle), t in zip(bundles, timings)]
     path = write(rows, Path(args.out))
     print(path.read_text(encoding="utf-8"), end="")
     return 0

@@ -14,25 +14,29 @@ COLUMNS = ("model", "params", "GFLOP/step", "served", "GFLOP/image", "latency ms
            "PSNR(Y)", "SSIM(Y)")
 
 
-def measure(name: str, bundle: ModelBundle, latency: ProfileConfig, evaluation: EvalConfig,
-            progress: bool = False) -> dict[str, Any]:
-    """Costs at the served 128 px tile, ONNX Runtime latency, and quality at the model's own default setting."""
+def latency(bundle: ModelBundle, cfg: ProfileConfig) -> tuple[float, str]:
+    """Median seconds per step at batch 1 on the serving backend (torch eager where a network will not export)."""
     net = bundle.net.eval()
-    size = net.cfg.image_size
-    steps, sampler = int(bundle.defaults["steps"]), bundle.defaults["sampler"]
-    flops = count_flops(net, size)
     try:
-        seconds, backend = time_network(net, 1, make_timer(latency), size), latency.backend
-    except Exception as exc:  # a supernet's sampled widths may not export; say so rather than guess
-        fallback = ProfileConfig(**{**latency.__dict__, "backend": "torch"})
-        seconds, backend = time_network(net, 1, make_timer(fallback), size), f"torch ({type(exc).__name__})"
+        return time_network(net, 1, make_timer(cfg), net.cfg.image_size), cfg.backend
+    except Exception as exc:  # say so rather than guess
+        fallback = ProfileConfig(**{**cfg.__dict__, "backend": "torch"})
+        return time_network(net, 1, make_timer(fallback), net.cfg.image_size), f"torch ({type(exc).__name__})"
+
+
+def measure(name: str, bundle: ModelBundle, timing: tuple[float, str], evaluation: EvalConfig,
+            progress: bool = False) -> dict[str, Any]:
+    """Costs at the served 128 px tile and quality at the model's own default setting, beside its latency."""
+    net = bundle.net.eval()
+    steps, sampler = int(bundle.defaults["steps"]), bundle.defaults["sampler"]
+    flops = count_flops(net, net.cfg.image_size)
     cfg = EvalConfig(**{**evaluation.__dict__, "steps": [steps], "samplers": [sampler]})
     report = evaluate(bundle, cfg, progress=progress)
     row = report["results"][0]
     predicted = (bundle.meta.get("arch") or {}).get("predicted", {}).get("latency_per_step_s")
     return {"model": name, "path": str(bundle.path), "params": count_params(net), "flops_per_step": flops,
-            "served": f"{sampler} {steps}", "flops_per_image": flops * steps, "latency_s": seconds,
-            "latency_backend": backend, "batch": 1,
+            "served": f"{sampler} {steps}", "flops_per_image": flops * steps, "latency_s": timing[0],
+            "latency_backend": timing[1], "batch": 1,
             "predicted_latency_s": next(iter(predicted.values())) if predicted else None,
             "psnr_y": row["psnr_y"], "ssim_y": row["ssim_y"], "bicubic_psnr_y": report["bicubic"]["psnr_y"]}
 

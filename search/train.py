@@ -108,6 +108,7 @@ class Trainer:
         if self.cfg.init_model:  # fine-tuning: start from a model folder's network, weights and diffusion
             bundle = load_model(self.cfg.init_model)
             self.cfg.diffusion = bundle.diffusion.cfg
+            self.inherited = {k: bundle.meta[k] for k in ("arch",) if k in bundle.meta}  # a searched subnet's record
             return bundle.net.train(), bundle.preset
         return UNet(self.cfg.unet_config()), self.cfg.preset
 
@@ -234,7 +235,7 @@ class Trainer:
     def export_model(self, out_dir: str | Path | None = None) -> Path:
         """Write the EMA weights as a deployable model folder."""
         bundle = ModelBundle(self.ema.module, self.diffusion, self.preset,
-                             meta={"train": self.cfg.to_dict(), "train_steps": self.step})
+                             meta={**getattr(self, "inherited", {}), "train": self.cfg.to_dict(), "train_steps": self.step})
         return save_model(bundle, out_dir or self.run_dir / "model")
 
 

@@ -117,3 +117,14 @@ def test_choose_defaults_picks_fewest_steps_near_the_best():
     chosen = choose_defaults(report, tolerance_db=0.05)
     assert (chosen["sampler"], chosen["steps"]) == ("ddim", 4)
     assert choose_defaults(report, tolerance_db=0.0)["steps"] == 8
+
+
+def test_shipped_searched_model(run_srnas, photo, tmp_path):
+    """models/weights/nas-tiny: the fine-tuned subnet of the hard-Gumbel search, with its search record."""
+    info = json.loads(run_srnas("info", "--model", "models/weights/nas-tiny", "--json").stdout)
+    base = json.loads(run_srnas("info", "--json").stdout)
+    assert info["arch"]["width0"] == "0.5" and info["flops_per_step"] * 4 < base["flops_per_step"]
+    assert info["defaults"]["steps"] == 1
+    proc = run_srnas("upscale", photo, "-o", tmp_path / "up.png", "--model", "models/weights/nas-tiny")
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "up.png").size == tuple(2 * s for s in Image.open(photo).size)
