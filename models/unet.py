@@ -6,10 +6,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.blocks import (DEFAULT_OP, ConvUnit, Downsample, NoiseEmbedding, Stage, Upsample, WidthSlot,
+from models.blocks import (DEFAULT_OP, ConvUnit, Downsample, MixedOp, NoiseEmbedding, Stage, Upsample, WidthSlot,
                            choice_module)
 from models.config import UNetConfig
-from models.elastic import Plan, apply_plan, slice_plan
+from models.elastic import apply_plan, slice_plan
 
 Gates = dict[int, torch.Tensor]
 
@@ -135,10 +135,12 @@ class UNet(nn.Module):
         if key not in self._narrow:
             net = UNet(UNetConfig.from_dict({**self.cfg.to_dict(), "arch": {**self.cfg.arch, **widths}}))
             net.requires_grad_(False)  # its own tensors are placeholders: the shared weights train
-            self._narrow[key] = (net, slice_plan(self, net, self.concat_parts, net.concat_parts))
-        net, plan = self._narrow[key]
+            self._narrow[key] = (net, slice_plan(self, net, self.concat_parts, net.concat_parts),
+                                 _paired_slots(self, net))
+        net, plan, pairs = self._narrow[key]
         net.train(self.training)
-        _share_relaxation(self, net)
+        for mine, theirs in pairs:  # the narrow copy's operator slots weigh alpha exactly as ours do
+            theirs.weigh, theirs.single_path = mine.weigh, mine.single_path
         return net, apply_plan(plan, dict(self.named_parameters()))
 
     def __getstate__(self) -> dict[str, Any]:  # deepcopy (EMA) and pickling skip the cache
@@ -152,11 +154,7 @@ def _gate(h: torch.Tensor, gates: Gates | None, level: int) -> torch.Tensor:
     return h if g is None else h * g
 
 
-def _share_relaxation(wide: nn.Module, narrow: nn.Module) -> None:
-    """The narrow copy's operator slots weigh alpha exactly as the supernet's do."""
-    from models.blocks import MixedOp
-
+def _paired_slots(wide: nn.Module, narrow: nn.Module) -> list[tuple[MixedOp, MixedOp]]:
+    """(supernet slot, narrow copy's slot) for every operator slot, matched by module path."""
     mine = {p: m for p, m in wide.named_modules() if isinstance(m, MixedOp)}
-    for path, m in narrow.named_modules():
-        if isinstance(m, MixedOp):
-            m.weigh, m.single_path = mine[path].weigh, mine[path].single_path
+    return [(mine[p], m) for p, m in narrow.named_modules() if isinstance(m, MixedOp)]

@@ -457,7 +457,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
-    from search.compare import latency as measure_latency, measure, write
+    from search.compare import measure, measure_latency, write
     from search.evaluate import EvalConfig
     from search.latency import ProfileConfig
 

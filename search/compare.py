@@ -14,7 +14,7 @@ COLUMNS = ("model", "params", "GFLOP/step", "served", "GFLOP/image", "latency ms
            "PSNR(Y)", "SSIM(Y)")
 
 
-def latency(bundle: ModelBundle, cfg: ProfileConfig) -> tuple[float, str]:
+def measure_latency(bundle: ModelBundle, cfg: ProfileConfig) -> tuple[float, str]:
     """Median seconds per step at batch 1 on the serving backend (torch eager where a network will not export)."""
     net = bundle.net.eval()
     try:

@@ -7,6 +7,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.unet import UNet
+from search.supernet import (at_widths, context_key, context_like, mixed_ops, parse_context, slot_inputs,
+                             width_combos, width_slots)
 
 
 def count_params(net: torch.nn.Module) -> int:
@@ -35,6 +37,7 @@ class SlotCosts:
         self.fixed = {k: float(v) for k, v in fixed.items()}
         self.per_slot = per_slot  # slot -> context -> candidate -> cost
         self._vectors: dict[tuple[str, str], torch.Tensor] = {}
+        self._widths = {ctx: parse_context(ctx) for ctx in self.fixed}
 
     def _vector(self, slot: str, ctx: str, names: list[str]) -> torch.Tensor:
         key = (slot, ctx)
@@ -43,8 +46,6 @@ class SlotCosts:
         return self._vectors[key]
 
     def expected(self, net: torch.nn.Module) -> torch.Tensor:
-        from search.supernet import mixed_ops, width_slots
-
         probs = {w.slot: dict(zip(w.names, w.weights().double().unbind())) for w in width_slots(net)}
         weights = [(m.slot, m.names, m.weights().double()) for m in mixed_ops(net).values()]
         total = torch.zeros((), dtype=torch.float64)
@@ -53,21 +54,13 @@ class SlotCosts:
             for slot, names, w in weights:
                 cost = cost + (w * self._vector(slot, ctx, names)).sum()
             p = torch.ones((), dtype=torch.float64)
-            for part in filter(None, ctx.split(",")):
-                k, v = part.split("=")
+            for k, v in self._widths[ctx].items():
                 p = p * probs[k][v]
             total = total + p * cost
         return total
 
-    def context(self, arch: dict[str, str]) -> str:
-        from search.supernet import context_key
-
-        first = next(iter(self.fixed))
-        names = [part.split("=")[0] for part in filter(None, first.split(","))]
-        return context_key(arch, names)
-
     def of_arch(self, arch: dict[str, str]) -> float:
-        ctx = self.context(arch)
+        ctx = context_like(arch, next(iter(self.fixed)))
         return self.fixed[ctx] + sum(costs[ctx][arch[slot]] for slot, costs in self.per_slot.items())
 
     def to_dict(self) -> dict:
@@ -77,8 +70,6 @@ class SlotCosts:
 def slot_flops(net: UNet, size: int = 128, batch: int = 1) -> SlotCosts:
     """FLOPs of each candidate at its real input shape, per width context; the rest is what a whole
     network adds beyond its candidates."""
-    from search.supernet import at_widths, context_key, mixed_ops, slot_inputs, width_combos, width_slots
-
     names = [w.slot for w in width_slots(net)]
     per_slot: dict[str, dict[str, dict[str, float]]] = {m.slot: {} for m in mixed_ops(net).values()}
     fixed: dict[str, float] = {}

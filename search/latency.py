@@ -23,8 +23,8 @@ from models.checkpoint import read_json, write_json
 from models.unet import UNet
 from search.costs import SlotCosts
 from models.blocks import DEFAULT_OP, WidthSlot
-from search.supernet import (at_widths, context_key, derive_arch, extract, mixed_ops, random_arch, search_slots,
-                             slot_inputs, width_combos, width_slots)
+from search.supernet import (at_widths, context_key, context_like, derive_arch, extract, mixed_ops, parse_context,
+                             random_arch, search_slots, slot_inputs, width_combos, width_slots)
 
 BACKENDS = ("torch", "onnxruntime")
 Timer = Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], float]
@@ -136,12 +136,8 @@ class LatencyTable:
                     for m in mixed_ops(net).values()}
         return SlotCosts(self.fixed[batch], per_slot)
 
-    def context(self, arch: dict[str, str]) -> str:
-        names = [part.split("=")[0] for part in filter(None, next(iter(self.contexts)).split(","))]
-        return context_key(arch, names)
-
     def predict(self, arch: dict[str, str], batch: int = 1, corrected: bool = True) -> float:
-        ctx = self.context(arch)
+        ctx = context_like(arch, next(iter(self.contexts)))
         raw = self.fixed[batch][ctx] + sum(self.seconds(s, arch[s], batch, ctx) for s in self.contexts[ctx])
         if corrected and batch in self.correction:
             a, b = self.correction[batch]
@@ -152,7 +148,7 @@ class LatencyTable:
         """The arch the table predicts fastest: the best width context with its fastest candidates."""
         best: tuple[float, dict[str, str]] | None = None
         for ctx, slots in self.contexts.items():
-            arch = dict(part.split("=") for part in filter(None, ctx.split(",")))
+            arch = parse_context(ctx)
             for slot in slots:
                 names = {e["candidate"] for e in self.entries if e["slot"] == slot}
                 arch[slot] = min(names, key=lambda n: self.seconds(slot, n, batch, ctx))
@@ -222,7 +218,7 @@ def profile(supernet: UNet, cfg: ProfileConfig, progress: bool = True) -> Latenc
         for ctx in tqdm(contexts, disable=not progress, desc=f"fixed rest, batch {batch}", unit="context"):
             rests = []
             for _ in range(cfg.fixed_subnets):
-                arch = {**random_arch(supernet, rng), **dict(p.split("=") for p in filter(None, ctx.split(",")))}
+                arch = {**random_arch(supernet, rng), **parse_context(ctx)}
                 table.fixed[batch][ctx] = 0.0
                 rests.append(time_network(extract(supernet, arch), batch, timer, cfg.size)
                              - table.predict(arch, batch, corrected=False))

@@ -65,6 +65,12 @@ def entropy(w: torch.Tensor) -> float:
     return float(-(p * p.log()).sum() / math.log(len(p))) if len(p) > 1 else 0.0
 
 
+def skip_share(arch: dict[str, str]) -> float:
+    """Share of second units that chose skip: the sign of a search collapsing to skip connections."""
+    unit2 = [v for k, v in arch.items() if k.endswith(".unit2")]
+    return sum(v == "skip" for v in unit2) / max(len(unit2), 1)
+
+
 class SearchTrainer(Trainer):
     """Weights step on one split, alpha steps on another; costs enter alpha's loss only."""
 
@@ -148,17 +154,12 @@ class SearchTrainer(Trainer):
                     "expected_latency_ms": float(latency) * 1e3 if latency is not None else "",
                     "argmax_gflops": self.flops.of_arch(arch) / 1e9,
                     "argmax_latency_ms": self.latency.of_arch(arch) * 1e3 if self.latency is not None else "",
-                    "mean_entropy": sum(ents) / len(ents), "skip_share": self.skip_share()})
+                    "mean_entropy": sum(ents) / len(ents), "skip_share": skip_share(arch)})
         if self.is_main and (self.step % self.cfg.log_alpha_every == 0 or self.step + 1 == self.cfg.iters):
             self._log_alphas()
         self.step += 1
         self._check_collapse(row["skip_share"])
         return row
-
-    def skip_share(self) -> float:
-        arch = derive_arch(self.net)
-        unit2 = [v for k, v in arch.items() if k.endswith(".unit2")]
-        return sum(v == "skip" for v in unit2) / max(len(unit2), 1)
 
     def _check_collapse(self, share: float) -> None:
         if share > self.cfg.skip_warning and not self._warned and self.step > self.cfg.warmup_alpha:

@@ -41,6 +41,16 @@ def context_key(arch: dict[str, str], width_names: list[str]) -> str:
     return ",".join(f"{k}={arch[k]}" for k in sorted(width_names))
 
 
+def parse_context(ctx: str) -> dict[str, str]:
+    """"width0=1,width1=0.5" -> {"width0": "1", "width1": "0.5"} ("" -> {})."""
+    return dict(part.split("=") for part in filter(None, ctx.split(",")))
+
+
+def context_like(arch: dict[str, str], example: str) -> str:
+    """The context of `arch` in a table whose contexts look like `example` (same width slots)."""
+    return context_key(arch, list(parse_context(example)))
+
+
 def slot_inputs(net: UNet, size: int = 128, batch: int = 1) -> dict[str, tuple[torch.Tensor, ...]]:
     """The real input of every searchable slot, captured from one forward pass of the supernet."""
     inputs: dict[str, tuple[torch.Tensor, ...]] = {}
