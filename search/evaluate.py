@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from models.checkpoint import ModelBundle
 from models.imaging import to_uint8
-from models.sampler import SamplerConfig, sample
+from models.sampler import Denoiser, SamplerConfig, sample
 from models.upscaler import tile_seeds, torch_denoiser
 from search.data import eval_crops, load_pairs
 from search.metrics import psnr_y, ssim_y
@@ -39,8 +39,11 @@ def _scores(images: np.ndarray, hrs: list[np.ndarray]) -> dict[str, float]:
 
 
 def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Score the model on fixed validation crops; write metrics.json and figures if out_dir is given."""
+             progress: bool = True, denoiser: Denoiser | None = None) -> dict[str, Any]:
+    """Score the model on fixed validation crops; write metrics.json and figures if out_dir is given.
+
+    `denoiser` runs the network on another runtime (ONNX Runtime, a quantized variant); torch by default.
+    """
     crops = eval_crops(load_pairs(cfg.data, "val", cfg.lr_dir), per_image=cfg.crops_per_image)
     if not crops:
         raise ValueError("no validation crop of 128x128 could be cut from the data")
@@ -48,7 +51,7 @@ def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = 
     bic = np.stack([c[2] for c in crops])
     hrs = [to_uint8(c[3]) for c in crops]
     seeds = tile_seeds(cfg.seed, len(crops))
-    denoise = torch_denoiser(bundle.net)
+    denoise = denoiser or torch_denoiser(bundle.net)
     report: dict[str, Any] = {"model": str(bundle.path), "preset": bundle.preset, "crops": len(crops),
                               "images": sorted({n.split("#")[0] for n in names}),
                               "bicubic": _scores(bic, hrs), "results": []}

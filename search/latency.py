@@ -88,10 +88,14 @@ def make_timer(cfg: ProfileConfig) -> Timer:
         from export.onnx_export import to_onnx
         from export.runtime import ort_session
 
+        last: dict[str, Any] = {}  # the batch axis is dynamic: one session serves every batch of a module
+
         def time_ort(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> float:
             names = [f"input{i}" for i in range(len(args))]
-            sess = ort_session(to_onnx(module, args, names), RuntimeConfig(intra_threads=threads,
-                                                                           providers=("CPUExecutionProvider",)))
+            if last.get("module") is not module:
+                last.update(module=module, sess=ort_session(to_onnx(module, args, names), RuntimeConfig(
+                    intra_threads=threads, providers=("CPUExecutionProvider",))))
+            sess = last["sess"]
             feed = {n: a.numpy() for n, a in zip(names, args)}
             return median_seconds(lambda: sess.run(None, feed), cfg.warmup, cfg.reps)
         return time_ort
@@ -196,25 +200,37 @@ def _slot_shapes(supernet: UNet, size: int) -> tuple[dict[str, dict[str, Any]], 
     return contexts, blocks
 
 
-def profile(supernet: UNet, cfg: ProfileConfig, progress: bool = True) -> LatencyTable:
-    """Time every distinct candidate block (per slot and width context) as a whole, then the fixed rest."""
+def profile(supernet: UNet, cfg: ProfileConfig, progress: bool = True, table: LatencyTable | None = None,
+            labels: dict[str, str] | None = None) -> LatencyTable:
+    """Time every distinct candidate block (per slot and width context) as a whole, then the fixed rest.
+
+    With `table`, only the batches it lacks are profiled and added to it (extending a shipped table).
+    """
     timer = make_timer(cfg)
     meta = {"backend": cfg.backend, "version": backend_version(cfg.backend), "host": host_id(),
             "dtype": "float32", "threads": cfg.threads or _threads(), "config": asdict(cfg),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(labels or {})}
     contexts, blocks = _slot_shapes(supernet, cfg.size)
-    table = LatencyTable(meta, [], contexts, {b: {} for b in cfg.batches})
-    bar = tqdm(total=len(cfg.batches) * len(blocks), disable=not progress, desc=f"profile {cfg.backend}", unit="block")
-    for batch in cfg.batches:
-        for (slot, name, shape, out_shape), (module, args) in blocks.items():
-            args = tuple(a.repeat(batch, *[1] * (a.dim() - 1)) for a in args)
+    if table is None:
+        table = LatencyTable(meta, [], contexts, {})
+    elif (table.meta["backend"], table.meta["host"]) != (meta["backend"], meta["host"]):
+        raise ValueError(f"the table was measured with {table.meta['backend']} on {table.meta['host']}, "
+                         f"not {meta['backend']} on {meta['host']}")
+    batches = [b for b in cfg.batches if b not in table.fixed]
+    if table.entries:
+        table.meta.setdefault("extended", []).append({"batches": batches, "created": meta["created"]})
+    bar = tqdm(total=len(batches) * len(blocks), disable=not progress, desc=f"profile {cfg.backend}", unit="block")
+    for (slot, name, shape, out_shape), (module, args) in blocks.items():
+        for batch in batches:  # batch innermost: one export per block
+            b_args = tuple(a.repeat(batch, *[1] * (a.dim() - 1)) for a in args)
             table.add({"slot": slot, "candidate": name, "shape": [batch, *shape], "out_shape": [batch, *out_shape],
                        "batch": batch, "dtype": "float32", "backend": cfg.backend, "version": meta["version"],
-                       "host": meta["host"], "median_s": timer(module, args)})
+                       "host": meta["host"], "median_s": timer(module, b_args)})
             bar.update(1)
     bar.close()
+    table.fixed.update({b: {} for b in batches})
     rng = torch.Generator().manual_seed(cfg.seed)
-    for batch in cfg.batches:  # fixed rest = measured - sum of candidates, median over random subnets
+    for batch in batches:  # fixed rest = measured - sum of candidates, median over random subnets
         for ctx in tqdm(contexts, disable=not progress, desc=f"fixed rest, batch {batch}", unit="context"):
             rests = []
             for _ in range(cfg.fixed_subnets):

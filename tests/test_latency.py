@@ -60,3 +60,19 @@ def test_check_reports_mape(supernet):
 def test_profile_cli_rejects_bad_input(run_srnas, tmp_path):
     proc = run_srnas("profile", "--backend", "torch", "--preset", "huge", "--out", tmp_path / "x.json")
     assert proc.returncode == 2 and "unknown preset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_profile_extends_a_table_with_new_batches(supernet):
+    cfg = ProfileConfig(backend="torch", batches=[1], threads=1, warmup=1, reps=2, size=64, fixed_subnets=2)
+    table = profile(supernet, cfg, progress=False)
+    key = lambda e: (e["slot"], e["candidate"], tuple(e["shape"][1:]))  # noqa: E731
+    first = {key(e): e["median_s"] for e in table.entries}
+    more = ProfileConfig(**{**cfg.__dict__, "batches": [1, 2]})
+    table = profile(supernet, more, progress=False, table=table)
+    assert sorted(table.fixed) == [1, 2] and len(table.entries) == 2 * len(first)
+    assert all(first[key(e)] == e["median_s"] for e in table.entries if e["batch"] == 1)
+    assert table.meta["extended"][0]["batches"] == [2]
+    arch = derive_arch(supernet)
+    assert table.predict(arch, 2, corrected=False) > 0
+    with pytest.raises(ValueError, match="measured with torch"):
+        profile(supernet, ProfileConfig(**{**more.__dict__, "backend": "onnxruntime", "batches": [4]}), False, table)

@@ -1,0 +1,122 @@
+"""The runtime behind the sampler's `Denoiser`: ONNX Runtime (default), a TensorRT engine, or torch.
+
+Serving, benchmarks and the CLI all build their denoiser here, so the sampler never knows which
+runtime evaluates the network. Configuration comes from arguments or the environment
+(SRNAS_BACKEND, SRNAS_VARIANT, SRNAS_THREADS).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from export.record import read_record, servable_variant
+from export.runtime import RuntimeConfig, cpu_quota, ort_session
+from models.checkpoint import ModelBundle
+from models.errors import UserError
+from models.sampler import Denoiser
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+VARIANTS = ("fp32", "int8", "auto")
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+ENGINE_FILE = "model.plan"
+
+
+@dataclass
+class BackendConfig:
+    backend: str = "onnxruntime"
+    variant: str = "fp32"  # auto: the fastest variant recorded within the PSNR budget
+    threads: int = 0  # 0: the CPU quota
+
+    @classmethod
+    def from_env(cls) -> "BackendConfig":
+        cfg = cls(os.environ.get("SRNAS_BACKEND", cls.backend), os.environ.get("SRNAS_VARIANT", cls.variant),
+                  _env_int("SRNAS_THREADS", 0))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+        if self.variant not in VARIANTS:
+            raise UserError(f"unknown variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 0, got {self.threads}")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise UserError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass
+class LoadedDenoiser:
+    run: Denoiser
+    backend: str  # e.g. "onnxruntime", "tensorrt", "torch"
+    variant: str  # fp32 | int8 | fp16
+    label: str  # backend label for metrics, e.g. "onnxruntime-int8"
+
+
+def resolve_variant(bundle: ModelBundle, wanted: str) -> str:
+    if bundle.path is None or wanted == "fp32":
+        return "fp32"
+    if wanted == "auto":
+        rec = read_record(bundle.path)
+        fp32 = rec.get("measured", {}).get("onnxruntime-fp32", {}).get("seconds", {}).get("1")
+        ok = [v for v in rec.get("variants", {}) if servable_variant(bundle.path, v) == v]
+        faster = [v for v in ok if fp32 is None or rec["variants"][v].get("seconds", {}).get("1", fp32) < fp32]
+        return faster[0] if faster else "fp32"
+    if servable_variant(bundle.path, wanted) != wanted:
+        raise UserError(f"{bundle.path}: no {wanted} variant recorded within the PSNR budget "
+                        f"(run `srnas export --format onnx --quantize {wanted} --model {bundle.path}`)")
+    return wanted
+
+
+def load_denoiser(bundle: ModelBundle, cfg: BackendConfig | None = None) -> LoadedDenoiser:
+    cfg = cfg or BackendConfig()
+    cfg.validate()
+    threads = cfg.threads or cpu_quota()
+    if cfg.backend == "torch":
+        from models.upscaler import torch_denoiser
+
+        torch.set_num_threads(threads)
+        return LoadedDenoiser(torch_denoiser(bundle.net), "torch", "fp32", "torch")
+    if cfg.backend == "tensorrt":
+        from export.tensorrt import TensorRTDenoiser
+
+        engine = Path(bundle.path or ".") / ENGINE_FILE
+        if not engine.is_file():
+            raise UserError(f"{engine}: no TensorRT engine (build one with "
+                            f"`srnas export --format tensorrt --model {bundle.path}`)")
+        return LoadedDenoiser(TensorRTDenoiser(engine), "tensorrt", "fp16", "tensorrt")
+    variant = resolve_variant(bundle, cfg.variant)
+    return LoadedDenoiser(ort_denoiser(onnx_source(bundle, variant), RuntimeConfig(intra_threads=threads)),
+                          "onnxruntime", variant, f"onnxruntime-{variant}")
+
+
+def onnx_source(bundle: ModelBundle, variant: str = "fp32") -> Path | bytes:
+    """The model folder's exported file, or (fp32 only) a fresh in-memory export."""
+    if bundle.path is not None and (bundle.path / ONNX_FILES[variant]).is_file():
+        return bundle.path / ONNX_FILES[variant]
+    if variant != "fp32":
+        raise UserError(f"{bundle.path}: missing {ONNX_FILES[variant]}")
+    from export.onnx_export import to_onnx
+
+    size = bundle.net.cfg.image_size
+    args = (torch.zeros(1, bundle.net.cfg.in_channels, size, size), torch.full((1,), 0.5))
+    return to_onnx(bundle.net, args, ["x", "noise_level"])
+
+
+def ort_denoiser(model: Path | bytes, cfg: RuntimeConfig) -> Denoiser:
+    sess = ort_session(model, cfg)
+
+    def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        feed = {"x": x.contiguous().numpy(), "noise_level": noise_level.contiguous().numpy()}
+        return torch.from_numpy(sess.run(None, feed)[0])
+
+    return run

@@ -1,0 +1,65 @@
+"""`deploy.json` in a model folder: search-time predicted and measured per-step latency, and the
+reduced-precision variants with their measured PSNR cost.
+
+The server publishes the prediction beside what it observes, and picks a variant only when its
+recorded PSNR loss is within the allowed budget.
+
+    {"predicted": {"onnxruntime": {"source": LUT path, "host": ..., "seconds": {"1": s, "8": s}}},
+     "measured":  {"onnxruntime-fp32": {"host": ..., "seconds": {"1": s, ...}}, "torch": {...}},
+     "variants":  {"int8": {"file": "model.int8.onnx", "psnr_db": x, "psnr_drop_db": d, "seconds": {...}}}}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.checkpoint import read_json, write_json
+
+RECORD = "deploy.json"
+MAX_PSNR_DROP_DB = 0.1  # a reduced-precision variant may be served only within this loss
+
+
+def read_record(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / RECORD
+    return read_json(path) if path.is_file() else {}
+
+
+def update_record(model_dir: str | Path, section: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """Set record[section][key] = value and write the file back."""
+    rec = read_record(model_dir)
+    rec.setdefault(section, {})[key] = value
+    write_json(Path(model_dir) / RECORD, rec)
+    return rec
+
+
+def interpolate(seconds: dict[str, float], batch: int) -> float | None:
+    """Per-step seconds at `batch` from a {batch: seconds} table: linear between the recorded batches,
+    and along the last segment beyond them (per-step cost is close to affine in the batch size)."""
+    if not seconds:
+        return None
+    xs = np.array(sorted(int(b) for b in seconds), dtype=float)
+    ys = np.array([seconds[str(int(b))] for b in xs], dtype=float)
+    if len(xs) == 1:
+        return float(ys[0] * batch / xs[0])
+    i = int(np.clip(np.searchsorted(xs, batch) - 1, 0, len(xs) - 2))
+    slope = (ys[i + 1] - ys[i]) / (xs[i + 1] - xs[i])
+    return float(ys[i] + slope * (batch - xs[i]))
+
+
+def predicted_step_seconds(model_dir: str | Path, backend: str, batch: int) -> float | None:
+    """The search-time (lookup-table) prediction of one denoising step at `batch`, or None if unrecorded."""
+    entry = read_record(model_dir).get("predicted", {}).get(backend)
+    return interpolate(entry["seconds"], batch) if entry else None
+
+
+def servable_variant(model_dir: str | Path, wanted: str, max_drop_db: float = MAX_PSNR_DROP_DB) -> str:
+    """`wanted` if it is fp32 or a recorded variant within the PSNR budget; otherwise fp32."""
+    if wanted == "fp32":
+        return "fp32"
+    v = read_record(model_dir).get("variants", {}).get(wanted)
+    if v and v.get("psnr_drop_db") is not None and v["psnr_drop_db"] <= max_drop_db \
+            and (Path(model_dir) / v["file"]).is_file():
+        return wanted
+    return "fp32"

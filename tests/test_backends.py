@@ -1,0 +1,169 @@
+"""Issue 4: GroupNormalization export, int8 variant, backend factory, deploy record, TensorRT, bench."""
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.backends import BackendConfig, load_denoiser
+from export.onnx_export import to_onnx
+from export.record import interpolate, predicted_step_seconds, servable_variant, update_record
+from export.runtime import RuntimeConfig, ort_session
+from export.tensorrt import tensorrt_missing
+from models.checkpoint import load_model
+from models.errors import UserError
+from tests.conftest import ROOT
+
+NAS = ROOT / "models" / "weights" / "nas-tiny"
+TRT_MISSING = tensorrt_missing()
+
+
+@pytest.fixture
+def nas_copy(tmp_path):
+    """A writable copy of the shipped searched subnet (its weights and config only)."""
+    out = tmp_path / "nas-tiny"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(NAS / name, out / name)
+    return out
+
+
+def _io(batch: int):
+    g = torch.Generator().manual_seed(batch)
+    return torch.randn(batch, 6, 128, 128, generator=g), torch.rand(batch, generator=g)
+
+
+@pytest.fixture(scope="module")
+def native_gn():
+    net = load_model(NAS).net
+    return net, to_onnx(net, _io(1), ["x", "noise_level"], groupnorm="native")
+
+
+def test_native_groupnorm_nodes_replace_instance_norm(native_gn):
+    net, data = native_gn
+    model = onnx.load_from_string(data)
+    onnx.checker.check_model(model, full_check=True)
+    ops = Counter(n.op_type for n in model.graph.node)
+    n_gn = sum(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    assert ops["GroupNormalization"] == n_gn > 0 and ops["InstanceNormalization"] == 0
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 21
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_native_groupnorm_matches_torch(native_gn, batch):
+    net, data = native_gn
+    x, level = _io(batch)
+    with torch.no_grad():
+        ref = net(x, level).numpy()
+    out = ort_session(data, RuntimeConfig(intra_threads=2)).run(None, {"x": x.numpy(), "noise_level": level.numpy()})[0]
+    assert np.abs(out - ref).max() <= 1e-4
+
+
+def test_backends_agree_and_config_errors(monkeypatch):
+    bundle = load_model(NAS)
+    x, level = _io(2)
+    ort = load_denoiser(bundle, BackendConfig("onnxruntime", "fp32", 2))
+    eager = load_denoiser(bundle, BackendConfig("torch", "fp32", 2))
+    assert ort.label == "onnxruntime-fp32" and eager.label == "torch"
+    assert (ort.run(x, level) - eager.run(x, level)).abs().max() <= 1e-4
+    monkeypatch.setenv("SRNAS_BACKEND", "tpu")
+    with pytest.raises(UserError, match="unknown backend"):
+        BackendConfig.from_env()
+    monkeypatch.setenv("SRNAS_BACKEND", "torch")
+    monkeypatch.setenv("SRNAS_THREADS", "two")
+    with pytest.raises(UserError, match="SRNAS_THREADS must be an integer"):
+        BackendConfig.from_env()
+    monkeypatch.setenv("SRNAS_THREADS", "1")
+    assert BackendConfig.from_env() == BackendConfig("torch", "fp32", 1)
+
+
+def test_record_interpolates_and_guards_variants(nas_copy):
+    table = {"1": 0.010, "4": 0.025, "8": 0.045}
+    assert interpolate(table, 4) == pytest.approx(0.025)
+    assert interpolate(table, 2) == pytest.approx(0.015)
+    assert interpolate(table, 6) == pytest.approx(0.035)
+    assert interpolate(table, 16) == pytest.approx(0.085)  # along the last segment
+    assert interpolate({"1": 0.01}, 3) == pytest.approx(0.03) and interpolate({}, 3) is None
+    assert predicted_step_seconds(nas_copy, "onnxruntime", 1) is None
+    update_record(nas_copy, "predicted", "onnxruntime", {"seconds": table})
+    assert predicted_step_seconds(nas_copy, "onnxruntime", 2) == pytest.approx(0.015)
+    (nas_copy / "model.int8.onnx").write_bytes(b"x")
+    update_record(nas_copy, "variants", "int8", {"file": "model.int8.onnx", "psnr_drop_db": 0.3})
+    assert servable_variant(nas_copy, "int8") == "fp32"  # over the 0.1 dB budget
+    with pytest.raises(UserError, match="within the PSNR budget"):
+        load_denoiser(load_model(nas_copy), BackendConfig("onnxruntime", "int8"))
+    update_record(nas_copy, "variants", "int8", {"file": "model.int8.onnx", "psnr_drop_db": 0.05})
+    assert servable_variant(nas_copy, "int8") == "int8"
+
+
+@pytest.mark.slow
+def test_deploy_int8_records_quality_and_prediction(run_srnas, nas_copy):
+    proc = run_srnas("deploy", "--model", nas_copy, "--int8")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((nas_copy / "deploy.json").read_text())
+    v = rec["variants"]["int8"]
+    assert v["servable"] == (v["psnr_drop_db"] <= 0.1) and v["crops"] == 8
+    assert abs(v["psnr_drop_db"] - (v["fp32_psnr_db"] - v["psnr_db"])) < 1e-9 and v["psnr_db"] > 30
+    q = onnx.load(str(nas_copy / "model.int8.onnx"))
+    onnx.checker.check_model(q)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
+    pred = rec["predicted"]["onnxruntime"]["seconds"]
+    meta = json.loads((NAS / "config.json").read_text())["meta"]["arch"]["predicted"]["latency_per_step_s"]
+    assert pred["1"] == pytest.approx(next(iter(meta.values())), rel=0.2)  # the search-time prediction, corrected
+    bundle = load_model(nas_copy)
+    x, level = _io(2)
+    int8 = load_denoiser(bundle, BackendConfig("onnxruntime", "int8", 2))
+    ref = load_denoiser(bundle, BackendConfig("torch", "fp32", 2)).run(x, level)
+    err = (int8.run(x, level) - ref).abs().mean() / ref.abs().mean()
+    assert int8.label == "onnxruntime-int8" and 0 < err < 0.1  # quantized, and still close
+
+
+def test_tensorrt_export_fails_clearly_without_it(run_srnas, tmp_path):
+    if TRT_MISSING is None:
+        pytest.skip("TensorRT and a GPU are present: the build test below runs instead")
+    proc = run_srnas("export", "--format", "tensorrt", "--out", tmp_path / "m.plan")
+    assert proc.returncode == 2 and "TensorRT is unavailable" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "m.plan").exists()
+    with pytest.raises(UserError, match="no TensorRT engine"):
+        load_denoiser(load_model(NAS), BackendConfig("tensorrt"))
+
+
+@pytest.mark.skipif(TRT_MISSING is not None, reason=f"TensorRT engine build needs TensorRT and a GPU: {TRT_MISSING}")
+def test_tensorrt_engine_builds_and_matches_torch(run_srnas, nas_copy):
+    proc = run_srnas("export", "--format", "tensorrt", "--model", nas_copy, "--out", nas_copy / "model.plan")
+    assert proc.returncode == 0, proc.stderr
+    bundle = load_model(nas_copy)
+    trt = load_denoiser(bundle, BackendConfig("tensorrt"))
+    for batch in (1, 3, 8):
+        x, level = _io(batch)
+        with torch.no_grad():
+            ref = bundle.net(x, level)
+        assert (trt.run(x, level) - ref).abs().max() <= 2e-2  # fp16 engine
+
+
+@pytest.mark.slow
+def test_bench_measures_records_and_writes_markdown(run_srnas, nas_copy, tmp_path):
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nkept text\n")
+    args = ("bench", f"nas={nas_copy}", "--backends", "onnxruntime-fp32,torch,tensorrt", "--batches", "1,2",
+            "--reps", "3", "--out", tmp_path / "b.json", "--markdown", md, "--record", "--no-progress")
+    proc = run_srnas(*args)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads((tmp_path / "b.json").read_text())
+    rows = rep["models"]["nas"]["rows"]
+    assert {(r["backend"], r["batch"]) for r in rows} == {(b, n) for b in ("onnxruntime-fp32", "torch") for n in (1, 2)}
+    assert all(r["seconds_per_step"] > 0 and 0 < r["fraction_of_peak"] < 1 for r in rows)
+    assert 20 < rep["peak_fp32_matmul_gflops"] < 5000 and ("tensorrt" in rep["skipped"]) == (TRT_MISSING is not None)
+    levels = rep["models"]["nas"]["levels"]
+    assert [lv["resolution"] for lv in levels] == [128, 64, 32, 16] and all(lv["gflops_per_s"] > 0 for lv in levels)
+    measured = json.loads((nas_copy / "deploy.json").read_text())["measured"]
+    assert measured["torch"]["seconds"]["2"] == pytest.approx(next(r["seconds_per_step"] for r in rows
+                                                                   if r["backend"] == "torch" and r["batch"] == 2))
+    text = md.read_text()
+    assert "kept text" in text and text.count("<!-- srnas bench: start -->") == 1 and "| onnxruntime-fp32 |" in text
+    assert run_srnas(*args).returncode == 0 and md.read_text().count("<!-- srnas bench: start -->") == 1
+    bad = run_srnas("bench", "nas=/nonexistent", "--no-progress")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
