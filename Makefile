@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 SAMPLE := serving/samples/astronaut-lr.png
 
-.PHONY: demo test install install-test clean
+.PHONY: demo serve test install install-test clean load observe k8s
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,14 +17,38 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(PIP) -e ".[test]"
 
-# Main job (until the server lands): upscale the bundled sample with the shipped default model.
+# Main job: import the shipped default model into the BentoML model store, start `bentoml serve` on
+# 127.0.0.1, wait for /readyz, POST the bundled sample to /upscale, save upscaled.png, stop the server.
 demo: install
-	$(BIN)/srnas info
-	$(BIN)/srnas upscale $(SAMPLE) -o upscaled.png
+	$(BIN)/python -m serving.demo --image $(SAMPLE) -o upscaled.png
 	@echo "result: $(CURDIR)/upscaled.png"
+
+# The service in the foreground (after the same store import); SRNAS_* variables configure it.
+PORT ?= 3000
+serve: install
+	$(BIN)/srnas store-import
+	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
 
 test: install-test
 	$(BIN)/python -m pytest -q --durations=10
+
+# Locust against a freshly started `bentoml serve` (SHAPE = ramp | soak | spike | smoke | observe from
+# loadtest/config.yaml); CSV, HTML and summary.json in $(LOAD_OUT), non-zero exit on an SLO breach.
+SHAPE ?= soak
+LOAD_OUT ?= runs/load-$(SHAPE)
+load: install-test
+	$(BIN)/python -m loadtest.run --shape $(SHAPE) --out $(LOAD_OUT)
+
+# Debian's Prometheus on loopback with k8s/base/prometheus/rules.yaml, scraping the server under load;
+# prints how the search's step-latency estimate held up.
+# MODEL=DIR serves another model folder (it needs predicted latencies in its deploy.json).
+observe: install-test
+	$(BIN)/python -m loadtest.observe --out runs/observe $(if $(MODEL),--model $(MODEL))
+
+# Render both kustomize overlays to runs/k8s-<overlay>.yaml.
+k8s: install-test
+	mkdir -p runs
+	for o in cpu gpu; do $(BIN)/kubectl kustomize k8s/overlays/$$o > runs/k8s-$$o.yaml || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs upscaled.png

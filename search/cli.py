@@ -197,6 +197,7 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/lut.json")
     p.add_argument("--check", action="store_true", help="then time random subnets end to end and report MAPE")
     p.add_argument("--check-only", action="store_true", help="check an existing --out table without re-profiling")
+    p.add_argument("--extend", action="store_true", help="add the --batch sizes an existing --out table lacks")
     p.add_argument("--subnets", type=int, default=20, help="random subnets for --check")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_profile)
@@ -217,18 +218,30 @@ def cmd_profile(args: argparse.Namespace) -> int:
     supernet = UNet(space_config(base, make_space(args.space, base))).eval()
     cfg = ProfileConfig(args.backend, args.batch, args.threads, args.warmup, args.reps)
     out = Path(args.out)
+    if (args.check_only or args.extend) and not out.is_file():
+        raise UserError(f"{out}: no latency table to {'check' if args.check_only else 'extend'}")
+    old = LatencyTable.load(out) if args.check_only or args.extend else None
     if args.check_only:
-        table = LatencyTable.load(out)
+        table = old
     else:
-        table = profile(supernet, cfg, progress=not args.no_progress)
+        if old is not None:
+            cfg.batches = [b for b in args.batch if b not in old.fixed]  # only these are profiled and checked
+        try:
+            table = profile(supernet, cfg, progress=not args.no_progress, table=old,
+                            labels={"preset": args.preset, "space": args.space})
+        except ValueError as exc:
+            raise UserError(f"{out}: {exc}") from None
         out.parent.mkdir(parents=True, exist_ok=True)
         table.save(out)
         print(f"{len(table.entries)} entries ({args.backend} {table.meta['version']}, {table.meta['threads']} threads) "
               f"-> {out}")
-    if args.check or args.check_only:
+    if (args.check or args.check_only) and cfg.batches:
         report = check(table, supernet, cfg, args.subnets, progress=not args.no_progress)
         table.save(out)  # with the fitted correction, where it helped
-        out.with_suffix(".check.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        check_path = out.with_suffix(".check.json")
+        if (args.extend or args.check_only) and check_path.is_file():  # keep the other batches' reports
+            report["batches"] = {**json.loads(check_path.read_text(encoding="utf-8"))["batches"], **report["batches"]}
+        check_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         for b, r in report["batches"].items():
             print(f"batch {b}: MAPE {r['mape_raw']:.1f}% raw, {r['mape_corrected_loo']:.1f}% with a linear correction "
                   f"(leave-one-out) over {args.subnets} random subnets")
@@ -238,12 +251,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
 # ---- export --------------------------------------------------------------------------------
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model (default: the shipped one) or a preset's base UNet")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx or model.plan")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--preset", help="export a randomly initialised base UNet of this preset, for timing")
     p.add_argument("--arch", help="a searched arch.json, carried over to the --preset's network")
     p.add_argument("--dynamo", action="store_true", help="use the dynamo exporter instead of TorchScript")
+    p.add_argument("--groupnorm", choices=["auto", "native", "decomposed"], default="auto",
+                   help="GroupNormalization nodes (native) or the exporter's InstanceNormalization lowering; "
+                        "auto: native for TensorRT, decomposed for ONNX Runtime (faster there, see BENCHMARKS.md)")
+    p.add_argument("--quantize", choices=["int8"], help="ONNX Runtime static int8, calibrated on the built-in photos")
+    p.add_argument("--max-batch", type=int, default=16, help="TensorRT optimisation profile: batch 1..max")
     p.set_defaults(func=cmd_export)
 
 
@@ -269,14 +287,104 @@ def _network(args: argparse.Namespace):  # -> (UNet, ModelBundle | None)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.onnx_export import OPSET, export_unet
+    import tempfile
 
-    net, _ = _network(args)
+    from export.onnx_export import NATIVE_GN_OPSET, OPSET, export_unet
+
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"{out.parent}: output folder does not exist")
-    export_unet(net, out, dynamo=args.dynamo)
-    print(f"{out} (opset {OPSET}, dynamic batch, passes onnx.checker)")
+    if args.quantize and (args.format != "onnx" or args.preset):
+        raise UserError("--quantize applies to ONNX exports of a trained model (calibration runs it)")
+    if args.format == "tensorrt":
+        from export.tensorrt import EngineConfig, build_engine, require_tensorrt
+
+        require_tensorrt()  # fail before the export work when TensorRT or the GPU is missing
+    net, bundle = _network(args)
+    groupnorm = args.groupnorm if args.groupnorm != "auto" else "native" if args.format == "tensorrt" else "decomposed"
+    if args.dynamo and groupnorm == "native":
+        raise UserError("native GroupNormalization comes from the TorchScript exporter; drop --dynamo")
+    opset = NATIVE_GN_OPSET if groupnorm == "native" else OPSET
+    if args.format == "tensorrt":
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_file = export_unet(net, Path(tmp) / "model.onnx", groupnorm=groupnorm)
+            build_engine(onnx_file, out, EngineConfig(max_batch=args.max_batch, opt_batch=min(8, args.max_batch)))
+        print(f"{out} (TensorRT fp16 engine, batch 1..{args.max_batch}, from ONNX opset {opset})")
+        return 0
+    if args.quantize:
+        from export.quantize import quantize_int8
+
+        with tempfile.TemporaryDirectory() as tmp:
+            quantize_int8(export_unet(net, Path(tmp) / "fp32.onnx"), out, bundle)
+        print(f"{out} (int8 QDQ, calibrated on the built-in training photos; passes onnx.checker)")
+        return 0
+    export_unet(net, out, dynamo=args.dynamo, groupnorm=groupnorm)
+    print(f"{out} (opset {opset}, {groupnorm} GroupNorm, dynamic batch, passes onnx.checker)")
+    return 0
+
+
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="make a model folder ready to serve: model.onnx, int8 variant, deploy.json")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--lut", default=None, help="latency table for the search-time prediction "
+                                                "(default: the shipped one; 'none' to skip)")
+    p.add_argument("--int8", action="store_true", help="also build model.int8.onnx and measure its PSNR cost")
+    p.add_argument("--crops", type=int, default=4, help="validation crops per image for the variant's PSNR")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from export.deploy import DEFAULT_LUT, DeployConfig, deploy
+
+    lut = None if args.lut == "none" else args.lut or str(DEFAULT_LUT)
+    if lut and not Path(lut).is_file():
+        raise UserError(f"{lut}: no such latency table")
+    if args.crops < 1:
+        raise UserError("--crops must be >= 1")
+    rec = deploy(args.model, DeployConfig(lut, args.int8, args.crops, args.threads))
+    print(json.dumps(rec, indent=2))
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="per-step latency, images/s and GFLOP/s of models on every available backend")
+    p.add_argument("models", nargs="*", metavar="NAME=MODEL_DIR",
+                   help="default: base=models/weights/default nas-tiny=models/weights/nas-tiny")
+    p.add_argument("--batches", type=_int_list, default=[1, 4, 8, 16])
+    p.add_argument("--backends", type=_str_list, help="default: all that can run here")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default="bench/results/bench.json")
+    p.add_argument("--markdown", help="write the report's section into this file (e.g. BENCHMARKS.md)")
+    p.add_argument("--record", action="store_true", help="write the measurements into each model's deploy.json")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.report import markdown, write_section
+    from bench.run import BenchConfig, record_measured, run, save
+    from bench.timing import CPU_BACKENDS, GPU_BACKENDS
+
+    root = Path(__file__).resolve().parents[1] / "models" / "weights"
+    pairs = [m.split("=", 1) for m in args.models] or [["base", str(root / "default")], ["nas-tiny", str(root / "nas-tiny")]]
+    if any(len(p) != 2 or not p[0] or not Path(p[1]).is_dir() for p in pairs):
+        raise UserError("give models as NAME=MODEL_DIR with existing folders")
+    known = (*CPU_BACKENDS, *GPU_BACKENDS)
+    if args.backends and any(b not in known for b in args.backends):
+        raise UserError(f"unknown backend; choose from {', '.join(known)}")
+    if args.reps < 1 or min(args.batches) < 1:
+        raise UserError("--reps and --batches must be >= 1")
+    cfg = BenchConfig(dict(pairs), args.batches, args.backends or list(known), args.threads, args.reps)
+    report = run(cfg, progress=not args.no_progress)
+    print(f"results -> {save(report, args.out)}")
+    if args.record:
+        record_measured(report)
+    section = markdown(report)
+    if args.markdown:
+        write_section(args.markdown, section)
+    print(section, end="")
     return 0
 
 
@@ -477,6 +585,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- store-import (serving) ----------------------------------------------------------------
+def _add_store_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("store-import", help="put a model folder into the BentoML model store for `bentoml serve`")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--name", default="srnas-default", help="store name (the service's SRNAS_MODEL_TAG)")
+    p.add_argument("--no-onnx", action="store_true", help="do not pre-export model.onnx into the store")
+    p.set_defaults(func=cmd_store_import)
+
+
+def cmd_store_import(args: argparse.Namespace) -> int:
+    from serving.store import import_model
+
+    tag, created = import_model(args.model, args.name, export_onnx=not args.no_onnx)
+    print(f"{'stored' if created else 'already in the store:'} {tag}")
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------
 def _threads(n: int) -> None:
     if n:
@@ -489,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
-                _add_info, _add_compare):
+                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench):
         add(sub)
     return parser
 

@@ -281,6 +281,8 @@ def check(table: LatencyTable, supernet: UNet, cfg: ProfileConfig, n: int = 20, 
         use_fit = fit_mape < raw_mape
         if use_fit:
             table.correction[batch] = (float(a), float(b))
+        else:  # a re-check drops a correction that no longer helps
+            table.correction.pop(batch, None)
         report["batches"][str(batch)] = {
             "mape_raw": raw_mape, "mape_corrected_loo": fit_mape, "correction": [float(a), float(b)] if use_fit else None,
             "subnets": [{"name": name, "predicted_s": pp, "measured_s": mm}

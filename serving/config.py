@@ -1,0 +1,94 @@
+"""Serving configuration: one dataclass, read from SRNAS_* environment variables.
+
+Workers x runtime threads must fit the CPU quota of the container; by default one worker takes
+every CPU, which also gives adaptive batching the most tiles to combine.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from export.runtime import cpu_quota
+from models.errors import UserError
+
+SERVICE_NAME = "srnas"
+DEFAULT_MODEL_TAG = "srnas-default"
+
+
+def _env(name: str, default: Any) -> Any:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if isinstance(default, str):
+        return raw
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise UserError(f"{name} must be {type(default).__name__}, got {raw!r}") from None
+
+
+@dataclass
+class Limits:
+    """What one request may ask for; past these the answer is 4xx (413 for size)."""
+
+    max_bytes: int = 16 * 2**20  # upload size
+    max_pixels: int = 512 * 512  # LR pixels (the output has 4x as many)
+    max_side: int = 4096  # LR px on either side
+    min_side: int = 8
+    max_steps: int = 100
+
+
+@dataclass
+class ServeConfig:
+    model_tag: str = DEFAULT_MODEL_TAG
+    backend: str = "auto"  # auto: TensorRT engine when present, else ONNX Runtime, torch if that fails
+    variant: str = "fp32"
+    workers: int = 0  # 0: derived from the CPU quota and threads
+    threads: int = 0  # runtime threads per worker; 0: derived
+    max_batch_size: int = 16  # tiles per network call (BentoML adaptive batching)
+    max_latency_ms: int = 30000  # BentoML drops (503) a tile job that would wait longer than this
+    max_inflight_requests: int = 16  # per worker; past it: 503 + Retry-After
+    max_inflight_tiles: int = 256  # per worker
+    retry_after_s: int = 2
+    timeout_s: int = 300
+    warmup_runs: int = 2  # network calls at start-up, before /readyz turns true
+    overlap: int = 16  # HR px shared by neighbouring tiles
+    dispatch_poll_ms: float = 1.0  # how often BentoML's batch dispatcher polls while a batch runs
+    cpu_gate: int = 1  # 1: image decoding/encoding never overlaps a network call (no CPU contention)
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls) -> "ServeConfig":
+        d = cls()
+        lim = Limits(*(_env(f"SRNAS_{k.upper()}", v) for k, v in asdict(Limits()).items()))
+        cfg = cls(**{k: _env(f"SRNAS_{k.upper()}", v) for k, v in asdict(d).items() if k != "limits"},
+                  limits=lim)
+        cfg.resolve_cpus(cpu_quota())
+        cfg.validate()
+        return cfg
+
+    def resolve_cpus(self, quota: int) -> None:
+        """Fill in workers and threads so that workers * threads <= quota."""
+        if self.workers and self.threads and self.workers * self.threads > quota:
+            raise UserError(f"SRNAS_WORKERS x SRNAS_THREADS = {self.workers * self.threads} exceeds the "
+                            f"{quota} CPUs this container may use")
+        if not self.workers:
+            self.workers = max(1, quota // self.threads) if self.threads else 1
+        if not self.threads:
+            self.threads = max(1, quota // self.workers)
+        if self.workers * self.threads > quota:
+            raise UserError(f"SRNAS_WORKERS={self.workers} leaves no CPU for runtime threads "
+                            f"(quota {quota})")
+
+    def validate(self) -> None:
+        for name in ("max_batch_size", "max_latency_ms", "max_inflight_requests", "max_inflight_tiles",
+                     "timeout_s", "retry_after_s"):
+            if getattr(self, name) < 1:
+                raise UserError(f"SRNAS_{name.upper()} must be >= 1")
+        if self.max_batch_size < 2:
+            raise UserError("SRNAS_MAX_BATCH_SIZE must be >= 2 (BentoML's adaptive batching)")
+        if not 0 <= self.overlap < 64:
+            raise UserError("SRNAS_OVERLAP must be in 0..63")
+        if self.limits.max_steps < 1 or self.limits.max_pixels < 64 or self.limits.max_bytes < 1024:
+            raise UserError("SRNAS_MAX_STEPS >= 1, SRNAS_MAX_PIXELS >= 64 and SRNAS_MAX_BYTES >= 1024")

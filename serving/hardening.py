@@ -1,0 +1,49 @@
+"""Two adjustments to BentoML's request handling, installed when the service module loads."""
+from __future__ import annotations
+
+import io
+import logging
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+
+
+def no_url_downloads() -> None:
+    """BentoML fetches a file field sent as text ("http://...") from that URL: no size bound, and a
+    request-triggered outbound call. Here a text value is treated as the (non-image) bytes it is."""
+    from _bentoml_impl.serde import MultipartSerde
+
+    async def as_upload(obj: str | UploadFile) -> UploadFile:
+        return obj if isinstance(obj, UploadFile) else UploadFile(io.BytesIO(str(obj).encode()), size=len(str(obj)))
+
+    MultipartSerde.ensure_file = staticmethod(as_upload)
+
+
+class UserErrorsWithoutTraceback(logging.Filter):
+    """BentoML logs a rejected form field (a 400 already sent to the client) or a body cut off at the
+    size limit as an ERROR with a traceback; keep it as one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (ValidationError, ClientDisconnect)):
+            what = "body cut off" if isinstance(exc, ClientDisconnect) else "invalid input (" + ",".join(
+                str(e["loc"][-1]) for e in exc.errors() if e.get("loc")) + ")"
+            record.msg, record.args = f"{record.getMessage()}: {what}", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def dispatcher_poll(seconds: float) -> None:
+    """BentoML's batch dispatcher wakes every TICKET_INTERVAL while jobs wait for a running batch; each
+    wake-up preempts a runtime thread, so the poll interval is configurable."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    CorkDispatcher.TICKET_INTERVAL = seconds
+
+
+def install(poll_seconds: float) -> None:
+    dispatcher_poll(poll_seconds)
+    no_url_downloads()
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorsWithoutTraceback())

@@ -1,0 +1,61 @@
+"""The service's own Prometheus metrics, at module level so that BentoML's multiprocess collector
+aggregates them across workers on /metrics (BentoML's request and batch metrics stay beside them)."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, REGISTRY
+
+STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+DENOISE_STEP = Histogram("sr_denoise_step_seconds", "Observed latency of one denoising step (one network call)",
+                         ["backend", "batch_size"], buckets=STEP_BUCKETS)
+PREDICTED_STEP = Gauge("sr_predicted_step_seconds", "Search-time (lookup table) prediction of one denoising step",
+                       ["backend", "batch_size"], multiprocess_mode="livemax")
+REQUEST_TILES = Histogram("sr_request_tiles", "128x128 HR tiles per /upscale request", buckets=COUNT_BUCKETS)
+QUEUE_WAIT = Histogram("sr_queue_wait_seconds", "Time a tile job waited before its batch started",
+                       buckets=WAIT_BUCKETS)
+REQUESTED_STEPS = Histogram("sr_requested_steps", "Denoising steps asked for per /upscale request",
+                            buckets=COUNT_BUCKETS)
+INFLIGHT = Gauge("sr_inflight_requests", "/upscale requests being processed (HPA custom metric)",
+                 multiprocess_mode="livesum")
+
+
+def _registry():
+    """All workers' samples when BentoML runs prometheus_client in multiprocess mode, else this process's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        reg = CollectorRegistry()
+        MultiProcessCollector(reg)
+        return reg
+    return REGISTRY
+
+
+def step_latency_summary() -> dict[str, dict[str, dict[str, float]]]:
+    """{backend: {batch_size: {"observed_s", "count", "predicted_s"}}} from the live metrics."""
+    sums: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for metric in _registry().collect():
+        if metric.name not in ("sr_denoise_step_seconds", "sr_predicted_step_seconds"):
+            continue
+        for s in metric.samples:
+            key = (s.labels.get("backend", ""), s.labels.get("batch_size", ""))
+            if s.name.endswith("_sum"):
+                sums[key]["sum"] = sums[key].get("sum", 0.0) + s.value
+            elif s.name.endswith("_count"):
+                sums[key]["count"] = sums[key].get("count", 0.0) + s.value
+            elif s.name == "sr_predicted_step_seconds":
+                sums[key]["predicted_s"] = s.value
+    out: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for (backend, batch), v in sorted(sums.items(), key=lambda kv: (kv[0][0], int(kv[0][1] or 0))):
+        if not v.get("count"):
+            continue
+        row = {"observed_s": v["sum"] / v["count"], "count": int(v["count"])}
+        if "predicted_s" in v:
+            row["predicted_s"] = v["predicted_s"]
+            row["observed_over_predicted"] = row["observed_s"] / v["predicted_s"]
+        out[backend][batch] = row
+    return dict(out)

@@ -1,0 +1,71 @@
+"""ASGI middleware: bound request bodies before they are read, and give every 503 a Retry-After."""
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyLimit:
+    """413 for a body over `limits[path]` bytes (or `default`): by Content-Length up front, else while streaming."""
+
+    def __init__(self, app, limits: dict[str, int], default: int) -> None:
+        self.app, self.limits, self.default = app, limits, default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.limits.get(scope.get("path", ""), self.default)
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _json(send, 413, {"error": f"request body over {limit} bytes"})
+        seen, over = 0, False
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen, over
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:  # stop reading; the app's answer is replaced below
+                    over = True
+                    return {"type": "http.disconnect"}
+            return msg
+
+        async def replaced(msg: dict[str, Any]) -> None:
+            if not over:
+                await send(msg)
+            elif msg["type"] == "http.response.start":
+                await _json(send, 413, {"error": f"request body over {limit} bytes"})
+
+        await self.app(scope, counted, replaced)
+
+
+class RetryAfter:
+    """Every 503 (ours, or BentoML's own 'overloaded' answer) tells the client when to come back."""
+
+    def __init__(self, app, seconds: int) -> None:
+        self.app, self.value = app, str(seconds).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def patched(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start" and msg["status"] == 503:
+                headers = list(msg.get("headers", []))
+                if not any(k.lower() == b"retry-after" for k, _ in headers):
+                    msg = {**msg, "headers": [*headers, (b"retry-after", self.value)]}
+            await send(msg)
+
+        await self.app(scope, receive, patched)

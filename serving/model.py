@@ -1,0 +1,93 @@
+"""The served model: load it, pick the runtime, warm up, and describe it for /info and the gauges."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
+from export.record import predicted_step_seconds
+from models.checkpoint import ModelBundle, load_model
+from models.errors import UserError
+from serving import metrics
+from serving.config import ServeConfig
+
+log = logging.getLogger("srnas.serving")
+
+
+@dataclass
+class Served:
+    bundle: ModelBundle
+    denoiser: LoadedDenoiser
+    params: int
+    flops_per_step: int
+    predicted: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step
+    loaded_in_s: float = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        d = self.bundle.defaults
+        net = self.bundle.net.cfg
+        return {"preset": self.bundle.preset, "path": str(self.bundle.path), "arch": net.arch or None,
+                "unet": net.to_dict(), "params": self.params, "flops_per_step": self.flops_per_step,
+                "tile": [net.image_size, net.image_size],
+                "backend": {"name": self.denoiser.backend, "variant": self.denoiser.variant,
+                            "label": self.denoiser.label},
+                "defaults": {"steps": d["steps"], "sampler": d["sampler"], "eta": d.get("eta", 0.0)},
+                "max_steps_model": self.bundle.diffusion.schedule.T,
+                "predicted_step_seconds": {str(b): s for b, s in sorted(self.predicted.items())},
+                "loaded_in_s": round(self.loaded_in_s, 3)}
+
+
+def select_backend(bundle: ModelBundle, cfg: ServeConfig) -> LoadedDenoiser:
+    """An explicit backend must load; `auto` prefers a TensorRT engine, then ONNX Runtime, then torch."""
+    if cfg.backend != "auto":
+        return load_denoiser(bundle, BackendConfig(cfg.backend, cfg.variant, cfg.threads))
+    order = (["tensorrt"] if bundle.path and (bundle.path / ENGINE_FILE).is_file() else []) + ["onnxruntime", "torch"]
+    for name in order:
+        try:
+            return load_denoiser(bundle, BackendConfig(name, cfg.variant, cfg.threads))
+        except Exception as exc:  # a missing runtime or a failed export: fall back to the next one
+            log.warning("backend %s unavailable (%s); trying the next", name, exc)
+    raise UserError("no backend could load the model")
+
+
+def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int) -> dict[int, float]:
+    """Search-time per-step predictions for this backend, keyed by batch size (empty if unrecorded)."""
+    if model_dir is None:
+        return {}
+    keys = [loaded.label] + ([loaded.backend] if loaded.variant in ("fp32", "fp16") else [])
+    for key in keys:
+        found = {b: predicted_step_seconds(model_dir, key, b) for b in range(1, max_batch + 1)}
+        if all(v is not None for v in found.values()):
+            return {b: float(v) for b, v in found.items()}
+    return {}
+
+
+def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> None:
+    """One call at the largest batch (the runtime sizes its buffers once), then `runs` at batch 1."""
+    for b in [max_batch] * bool(runs) + [1] * runs:
+        loaded.run(torch.zeros(b, 6, size, size), torch.full((b,), 0.5))
+
+
+def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
+    from search.costs import count_flops, count_params
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    bundle = load_model(model_dir)
+    size = bundle.net.cfg.image_size
+    params, flops = count_params(bundle.net), count_flops(bundle.net, size)
+    loaded = select_backend(bundle, cfg)
+    if loaded.backend != "torch":  # torch only does the sampler's small element-wise glue between steps:
+        torch.set_num_threads(1)  # its spinning worker threads would steal the runtime's CPUs
+    warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
+    served = Served(bundle, loaded, params, flops, predictions(bundle.path, loaded, cfg.max_batch_size))
+    for b, s in served.predicted.items():
+        metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
+    served.loaded_in_s = time.perf_counter() - t0
+    log.info("serving %s on %s (loaded in %.1f s)", bundle.path, loaded.label, served.loaded_in_s)
+    return served

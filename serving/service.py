@@ -1,0 +1,192 @@
+"""The BentoML service: POST /upscale (x2 super-resolution of any image through 128x128 tiles).
+
+/upscale validates the upload, cuts it into tiles and sends them, in chunks, to its own batchable
+/denoise_tiles API through BentoML's in-process proxy, so BentoML's adaptive batching combines tiles
+from concurrent requests; a batch is then grouped by (steps, sampler), one sampling loop per group.
+Admission is bounded per worker (requests and tiles in flight): past it the answer is 503 + Retry-After.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
+from pydantic import Field
+from starlette.responses import JSONResponse, Response
+
+from models.errors import UserError
+from models.sampler import SamplerConfig
+from models.upscaler import TileConfig, blend_tiles, make_tiles, tile_seeds
+from serving import hardening, metrics
+from serving.config import SERVICE_NAME, ServeConfig
+from serving.imageio import BadImage, decode, encode_png
+from serving.info import app as info_app
+from serving.middleware import BodyLimit, RetryAfter
+from serving.model import Served, load_served
+from serving.tiles import MAX_SEED, TILE_B64, TileJob, pack, run_jobs, timed, unpack
+
+log = logging.getLogger("srnas.serving")
+CFG = ServeConfig.from_env()
+
+Steps = Annotated[int | None, Field(default=None, ge=1, le=CFG.limits.max_steps, strict=True,
+                                    description="denoising steps (default: the model's)")]
+Sampler = Annotated[Literal["ddim", "ddpm"] | None, Field(default=None, description="default: the model's")]
+Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, description="same seed, same bytes")]
+
+
+hardening.install(CFG.dispatch_poll_ms / 1000)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": str(CFG.retry_after_s)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class Admission:
+    """Per-worker bound on requests and tiles in flight (the event loop is single-threaded: no lock)."""
+
+    def __init__(self, max_requests: int, max_tiles: int) -> None:
+        self.max_requests, self.max_tiles = max_requests, max_tiles
+        self.requests = self.tiles = 0
+
+    def enter(self) -> bool:
+        if self.requests >= self.max_requests:
+            return False
+        self.requests += 1
+        return True
+
+    def take_tiles(self, n: int) -> bool:
+        if self.tiles and self.tiles + n > self.max_tiles:
+            return False
+        self.tiles += n
+        return True
+
+
+@bentoml.asgi_app(info_app, path="/")
+# runner_connection: the client behind self.to_async is otherwise replaced every 100 calls or 300 s, and
+# BentoML closes the old one with calls still in flight (ServerDisconnectedError, ~10% of requests in a soak).
+@bentoml.service(name=SERVICE_NAME, workers=CFG.workers, threads=1, traffic={"timeout": CFG.timeout_s},
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9})
+class SRNAS:
+    model_ref = bentoml.models.BentoModel(CFG.model_tag)
+
+    def __init__(self) -> None:
+        self.served: Served | None = None
+        self.load_error: str | None = None
+        self.admission = Admission(CFG.max_inflight_requests, CFG.max_inflight_tiles)
+        self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
+        self.model_dir = Path(self.model_ref.path)
+        # load in the background so /livez answers at once and /readyz stays false until warm
+        threading.Thread(target=self._load, name="srnas-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self.served = load_served(self.model_dir, CFG)
+        except Exception as exc:  # /livez turns false, so the orchestrator restarts us
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+    def __is_ready__(self) -> bool:
+        return self.served is not None
+
+    def __is_alive__(self) -> bool:
+        return self.load_error is None
+
+    def limits_info(self) -> dict:
+        lim = CFG.limits
+        return {"max_bytes": lim.max_bytes, "max_pixels": lim.max_pixels, "max_side": lim.max_side,
+                "min_side": lim.min_side, "max_steps": lim.max_steps, "max_batch_size": CFG.max_batch_size,
+                "max_latency_ms": CFG.max_latency_ms, "workers": CFG.workers, "threads": CFG.threads,
+                "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles}
+
+    @bentoml.api(route="/upscale")
+    async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
+                      seed: Seed = 0) -> Annotated[Path, ContentType("image/png")]:
+        """x2 super-resolution of a PNG, JPEG or WebP image; returns a PNG twice the size."""
+        if self.served is None:
+            return error(503, "model is loading")
+        if not self.admission.enter():
+            return error(503, "over capacity: too many requests in flight")
+        metrics.INFLIGHT.inc()
+        try:
+            return await self._upscale(self.served, image, steps, sampler, seed)
+        finally:
+            self.admission.requests -= 1
+            metrics.INFLIGHT.dec()
+
+    async def _upscale(self, served: Served, image: Path, steps: int | None, sampler: str | None,
+                       seed: int) -> Response:
+        d = served.bundle.defaults
+        cfg = SamplerConfig(sampler or d["sampler"], steps or d["steps"], d.get("eta", 0.0))
+        try:
+            cfg.validate(min(served.bundle.diffusion.schedule.T, CFG.limits.max_steps))
+            size = image.stat().st_size
+            if size > CFG.limits.max_bytes:
+                raise BadImage(f"image is {size} bytes; at most {CFG.limits.max_bytes} are accepted", 413)
+            lr = await self._cpu(decode, image.read_bytes(), CFG.limits)
+        except UserError as exc:
+            return error(400, str(exc))
+        except BadImage as exc:
+            return error(exc.status, str(exc))
+        tiles, plan = await self._cpu(make_tiles, lr, TileConfig(overlap=CFG.overlap))
+        if not self.admission.take_tiles(len(tiles)):
+            return error(503, "over capacity: too many tiles in flight")
+        metrics.REQUEST_TILES.observe(len(tiles))
+        metrics.REQUESTED_STEPS.observe(cfg.steps)
+        try:
+            sr = await self._denoise(tiles, cfg, seed)
+        except BentoMLException as exc:
+            if int(getattr(exc.error_code, "value", 500)) == 503:
+                return error(503, "over capacity: tile queue past its latency bound")
+            raise
+        finally:
+            self.admission.tiles -= len(tiles)
+        png = await self._cpu(lambda: encode_png(blend_tiles(sr, plan)))
+        return Response(png, media_type="image/png")
+
+    async def _cpu(self, fn, *args):
+        """Image work off the event loop, and never during a network call (see `timed`)."""
+        def gated():
+            with self.gate:
+                return fn(*args)
+
+        return await anyio.to_thread.run_sync(gated)
+
+    async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int) -> np.ndarray:
+        """Send the tiles in chunks of at most one batch; BentoML batches chunks of all requests together."""
+        now = time.time()
+        jobs = [TileJob(tile=pack(t), steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
+                for t, s in zip(tiles, tile_seeds(seed, len(tiles)))]
+        n = CFG.max_batch_size
+        parts = await asyncio.gather(*(self.to_async.denoise_tiles(jobs[i: i + n]) for i in range(0, len(jobs), n)))
+        return np.stack([unpack(t) for part in parts for t in part])
+
+    @bentoml.api(route="/denoise_tiles", batchable=True, max_batch_size=CFG.max_batch_size,
+                 max_latency_ms=CFG.max_latency_ms)
+    def denoise_tiles(self, jobs: list[TileJob]) -> list[str]:
+        """Internal: sample bicubic tiles (base64 float32 3x128x128); used by /upscale, batched across requests."""
+        served = self.served
+        if served is None:
+            raise bentoml.exceptions.ServiceUnavailable("model is loading")
+        now = time.time()
+        for job in jobs:
+            metrics.QUEUE_WAIT.observe(min(max(now - job.sent_at, 0.0), CFG.timeout_s))
+        label = served.denoiser.label
+        observe = lambda b, s: metrics.DENOISE_STEP.labels(label, str(b)).observe(s)  # noqa: E731
+        return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate), served.bundle.diffusion,
+                        served.bundle.defaults.get("eta", 0.0), CFG.limits.max_steps)
+
+
+_body = CFG.limits.max_bytes + 64 * 1024  # the image plus the small form fields
+SRNAS.add_asgi_middleware(BodyLimit, limits={"/upscale": _body},
+                          default=max(_body, CFG.max_batch_size * (TILE_B64 + 512) + 4096))
+SRNAS.add_asgi_middleware(RetryAfter, seconds=CFG.retry_after_s)

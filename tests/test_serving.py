@@ -1,0 +1,249 @@
+"""The BentoML service over real HTTP: a real `bentoml serve` on 127.0.0.1 with its own model store."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.launch import serving
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
+MAX_BYTES = 300_000
+MAX_PIXELS = 96 * 96
+
+
+@pytest.fixture(scope="session")
+def bento_home(tmp_path_factory, run_srnas_session) -> Path:
+    """A private BentoML home with the shipped model imported by the real `srnas store-import`."""
+    home = tmp_path_factory.mktemp("bentoml")
+    r = run_srnas_session(["store-import"], {"BENTOML_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("stored srnas-default:")
+    return home
+
+
+@pytest.fixture(scope="session")
+def run_srnas_session():
+    import os
+    import subprocess
+    import sys
+
+    def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+        exe = Path(sys.executable).with_name("srnas")
+        return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                              env={**os.environ, **env})
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(bento_home, tmp_path_factory):
+    env = {"BENTOML_HOME": str(bento_home), "SRNAS_MAX_BYTES": str(MAX_BYTES), "SRNAS_MAX_PIXELS": str(MAX_PIXELS),
+           "SRNAS_MAX_STEPS": "20"}
+    with serving(env, log=tmp_path_factory.mktemp("log") / "serve.log") as srv:
+        yield srv
+        assert "Traceback" not in srv.log_text()  # user mistakes are not server errors
+
+
+def png(arr: np.ndarray | Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def photo(h: int, w: int) -> np.ndarray:
+    return np.asarray(Image.open(SAMPLE).convert("RGB").resize((w, h), Image.Resampling.BICUBIC))
+
+
+def post(server, data: bytes | None = None, timeout: float = 120, **fields) -> httpx.Response:
+    files = {"image": ("in.png", data, "application/octet-stream")} if data is not None else None
+    return httpx.post(server.url + "/upscale", files=files, data={k: str(v) for k, v in fields.items()} or None,
+                      timeout=timeout)
+
+
+def decoded(r: httpx.Response) -> np.ndarray:
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(r.content)))
+
+
+@pytest.mark.parametrize("h,w", [(64, 64), (8, 8), (40, 57), (96, 80)])
+def test_upscale_any_size_is_2x(server, h, w):
+    out = decoded(post(server, png(photo(h, w))))
+    assert out.shape == (2 * h, 2 * w, 3)
+
+
+def test_tiles_are_blended_without_seams(server):
+    """A 96x96 image runs as 4 overlapping tiles; the result tracks bicubic everywhere, seams included."""
+    lr = photo(96, 96)
+    out = decoded(post(server, png(lr))).astype(float)
+    bic = np.asarray(Image.fromarray(lr).resize((192, 192), Image.Resampling.BICUBIC)).astype(float)
+    err = np.abs(out - bic).mean(axis=2)
+    assert err.mean() < 8
+    seam = err[:, 100:124].mean()  # the overlap band between the two tile columns
+    assert seam < 3 * err.mean() + 2
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA"])
+def test_grayscale_alpha_and_palette_are_converted(server, mode):
+    img = Image.fromarray(photo(32, 24)).convert(mode)
+    assert decoded(post(server, png(img))).shape == (64, 48, 3)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_jpeg_and_webp(server, fmt):
+    assert decoded(post(server, png(photo(30, 20), fmt))).shape == (60, 40, 3)
+
+
+def test_same_seed_same_bytes(server):
+    data = png(photo(48, 40))
+    a = post(server, data, seed=7, steps=2, sampler="ddpm")
+    b = post(server, data, seed=7, steps=2, sampler="ddpm")
+    c = post(server, data, seed=8, steps=2, sampler="ddpm")
+    assert a.status_code == b.status_code == c.status_code == 200
+    assert a.content == b.content
+    assert a.content != c.content
+
+
+def test_steps_and_sampler_fields(server):
+    data = png(photo(24, 24))
+    for fields in ({"steps": 3, "sampler": "ddim"}, {"steps": 2, "sampler": "ddpm"}, {"steps": 20}):
+        assert decoded(post(server, data, **fields)).shape == (48, 48, 3)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height, with one tiny compressed row: never decodable cheaply."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def truncated() -> bytes:
+    data = png(photo(64, 64))
+    return data[: len(data) // 2]
+
+
+BAD = {
+    "missing image": (None, {}, 400),
+    "zero bytes": (b"", {}, 400),
+    "non-image bytes": (b"this is not an image, just text" * 10, {}, 415),
+    "truncated PNG": ("truncated", {}, 400),
+    "decompression bomb": ("bomb", {}, 413),
+    "too many pixels": ("big", {}, 413),
+    "too many bytes": ("huge", {}, 413),
+    "under 8 px": ("tiny", {}, 400),
+    "steps 0": ("ok", {"steps": 0}, 400),
+    "steps negative": ("ok", {"steps": -3}, 400),
+    "steps non-integer": ("ok", {"steps": 1.5}, 400),
+    "steps text": ("ok", {"steps": "many"}, 400),
+    "steps huge": ("ok", {"steps": 10**9}, 400),
+    "unknown sampler": ("ok", {"sampler": "euler"}, 400),
+    "seed non-integer": ("ok", {"seed": "abc"}, 400),
+    "seed float": ("ok", {"seed": 1.25}, 400),
+    "seed negative": ("ok", {"seed": -1}, 400),
+}
+
+
+def bad_body(kind) -> bytes | None:
+    if not isinstance(kind, str):
+        return kind
+    rng = np.random.default_rng(0)
+    return {"truncated": truncated, "bomb": lambda: bomb_png(60_000, 60_000),
+            "big": lambda: png(photo(100, 100)), "tiny": lambda: png(photo(7, 30)),
+            "huge": lambda: png(rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)) + bytes(MAX_BYTES),
+            "ok": lambda: png(photo(16, 16))}[kind]()
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_user_mistakes_get_4xx_json(server, name):
+    body, fields, status = BAD[name]
+    r = post(server, bad_body(body), **fields)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    err = r.json()
+    assert isinstance(err, dict) and err["error"]
+    assert "Traceback" not in r.text
+
+
+def test_text_instead_of_file_is_not_fetched(server):
+    r = httpx.post(server.url + "/upscale", data={"image": "http://127.0.0.1:1/never.png"},
+                   headers={}, files={"x": ("x", b"")}, timeout=30)
+    assert r.status_code == 415, r.text
+    assert "not a PNG" in r.json()["error"]
+
+
+def test_bomb_is_refused_before_decoding(server):
+    r = post(server, bomb_png(60_000, 60_000))
+    assert r.status_code == 413
+    assert "3600000000 pixels" in r.json()["error"]  # read from the header alone
+
+
+def test_server_survives_bad_input(server):
+    for name in BAD:
+        body, fields, _ = BAD[name]
+        post(server, bad_body(body), **fields)
+    assert httpx.get(server.url + "/livez").status_code == 200
+    assert decoded(post(server, png(photo(16, 16)))).shape == (32, 32, 3)
+
+
+def test_info_describes_the_served_model(server):
+    decoded(post(server, png(photo(16, 16))))
+    info = httpx.get(server.url + "/info").json()
+    assert info["preset"] == "tiny"
+    assert info["params"] == 1_051_571
+    assert info["flops_per_step"] > 1e9
+    assert info["backend"]["name"] == "onnxruntime" and info["backend"]["label"] == "onnxruntime-fp32"
+    assert info["defaults"] == {"steps": 1, "sampler": "ddim", "eta": 0.0}
+    assert info["limits"]["max_pixels"] == MAX_PIXELS
+    observed = info["step_latency"]["onnxruntime-fp32"]["1"]
+    assert observed["count"] >= 1 and 0 < observed["observed_s"] < 10
+    assert "/store" not in info["path"] and "srnas-default" in info["path"]  # served from the model store
+
+
+def test_openapi_lists_info_and_upscale(server):
+    spec = httpx.get(server.url + "/docs.json").json()
+    assert "/info" in spec["paths"] and "get" in spec["paths"]["/info"]
+    assert "/upscale" in spec["paths"]
+    form = json.dumps(spec["paths"]["/upscale"])
+    for field in ("image", "steps", "sampler", "seed"):
+        assert field in form
+
+
+def test_metrics_exposed(server):
+    decoded(post(server, png(photo(40, 40)), steps=2))
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("sr_denoise_step_seconds_bucket", "sr_request_tiles_bucket", "sr_queue_wait_seconds_bucket",
+                 "sr_requested_steps_bucket", "sr_inflight_requests", "bentoml_service_adaptive_batch_size_bucket",
+                 "bentoml_service_request_total"):
+        assert name in text, name
+    assert 'sr_denoise_step_seconds_count{backend="onnxruntime-fp32",batch_size="1"}' in text
+
+
+def test_streamed_body_over_the_limit_is_413(server):
+    """No Content-Length (chunked upload): the body is counted while it streams."""
+    def body():
+        yield b"--xx\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(2 * MAX_BYTES // 65536 + 2):
+            yield bytes(65536)
+
+    r = httpx.post(server.url + "/upscale", content=body(), timeout=60,
+                   headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 413 and "request body over" in r.json()["error"]
+    assert httpx.get(server.url + "/livez").status_code == 200
+
+
+def test_internal_tile_api_validates_its_input(server):
+    job = {"tile": "AAAA", "steps": 1, "sampler": "ddim", "seed": 0}
+    r = httpx.post(server.url + "/denoise_tiles", json={"jobs": [job]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]

@@ -1,0 +1,47 @@
+"""Serving configuration: workers x runtime threads never exceed the CPU quota; bad values are refused."""
+from __future__ import annotations
+
+import pytest
+
+from models.errors import UserError
+from serving.config import ServeConfig
+
+
+@pytest.mark.parametrize("quota,workers,threads,want", [
+    (2, 0, 0, (1, 2)),  # default: one worker takes every CPU (largest batches)
+    (8, 4, 0, (4, 2)),
+    (8, 0, 2, (4, 2)),
+    (8, 3, 0, (3, 2)),
+    (1, 0, 0, (1, 1)),
+])
+def test_workers_and_threads_fit_the_quota(quota, workers, threads, want):
+    cfg = ServeConfig(workers=workers, threads=threads)
+    cfg.resolve_cpus(quota)
+    assert (cfg.workers, cfg.threads) == want
+    assert cfg.workers * cfg.threads <= quota
+
+
+@pytest.mark.parametrize("workers,threads", [(2, 2), (3, 0)])
+def test_oversubscription_is_refused(workers, threads):
+    with pytest.raises(UserError):
+        ServeConfig(workers=workers, threads=threads).resolve_cpus(2)
+
+
+def test_from_env(monkeypatch):
+    monkeypatch.setenv("SRNAS_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("SRNAS_MAX_LATENCY_MS", "250")
+    monkeypatch.setenv("SRNAS_MAX_PIXELS", "4096")
+    monkeypatch.setenv("SRNAS_BACKEND", "torch")
+    monkeypatch.setenv("SRNAS_WORKERS", "1")
+    monkeypatch.setenv("SRNAS_THREADS", "1")
+    cfg = ServeConfig.from_env()
+    assert (cfg.max_batch_size, cfg.max_latency_ms, cfg.limits.max_pixels, cfg.backend) == (4, 250, 4096, "torch")
+    assert (cfg.workers, cfg.threads) == (1, 1)
+
+
+@pytest.mark.parametrize("name,value", [("SRNAS_MAX_BATCH_SIZE", "many"), ("SRNAS_MAX_BATCH_SIZE", "1"),
+                                        ("SRNAS_MAX_STEPS", "0"), ("SRNAS_OVERLAP", "64")])
+def test_bad_env_is_refused(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UserError):
+        ServeConfig.from_env()
