@@ -44,8 +44,9 @@ def available(backends: list[str], models: dict[str, str]) -> tuple[list[str], d
     """Backends that can run here, and why each other one was skipped."""
     skipped: dict[str, str] = {}
     for b in backends:
-        if b in GPU_BACKENDS and gpu_missing(b):
-            skipped[b] = gpu_missing(b) or ""
+        why = gpu_missing(b) if b in GPU_BACKENDS else None
+        if why:
+            skipped[b] = why
         elif b == "onnxruntime-int8" and not all((Path(d) / "model.int8.onnx").is_file() for d in models.values()):
             skipped[b] = "a model folder has no model.int8.onnx (run `srnas deploy --model DIR --int8`)"
     return [b for b in backends if b not in skipped], skipped

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
-from export.record import predicted_step_seconds
+from export.record import interpolate, read_record
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
 from serving import metrics
@@ -59,12 +59,10 @@ def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int) 
     """Search-time per-step predictions for this backend, keyed by batch size (empty if unrecorded)."""
     if model_dir is None:
         return {}
+    recorded = read_record(model_dir).get("predicted", {})  # read once, not once per batch size
     keys = [loaded.label] + ([loaded.backend] if loaded.variant in ("fp32", "fp16") else [])
-    for key in keys:
-        found = {b: predicted_step_seconds(model_dir, key, b) for b in range(1, max_batch + 1)}
-        if all(v is not None for v in found.values()):
-            return {b: float(v) for b, v in found.items()}
-    return {}
+    entry = next((recorded[k] for k in keys if k in recorded and recorded[k].get("seconds")), None)
+    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
 
 
 def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> None:
