@@ -51,14 +51,14 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines + [END]) + "\n"
 
 
-def write_section(path: str | Path, section: str) -> Path:
-    """Replace the marked section in `path`, or append it."""
+def write_section(path: str | Path, section: str, start: str = START, end: str = END) -> Path:
+    """Replace the section between the `start` and `end` markers in `path`, or append it."""
     path = Path(path)
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
     path.write_text(text, encoding="utf-8")
     return path

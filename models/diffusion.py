@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from models.schedule import NoiseSchedule, ScheduleConfig
 
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 @dataclass
 class DiffusionConfig:
@@ -90,13 +92,21 @@ class Diffusion:
         lo, hi = self._sqrt_g[t], self._sqrt_g[t - 1]
         return lo + (hi - lo) * torch.rand(n, generator=generator)
 
-    def loss(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], hr: torch.Tensor,
-             bicubic: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, model: Denoiser, hr: torch.Tensor, bicubic: torch.Tensor, generator: torch.Generator | None = None,
+             teacher: Denoiser | None = None, distill: float = 0.0) -> torch.Tensor:
+        """The SR3 loss; with a teacher (same diffusion config), plus `distill` x the distance to its output
+        on the same noisy input, as once-for-all style NAS trains subnets from the full network."""
         x0 = self.to_x0(hr, bicubic)
         sqrt_g = self.sample_noise_level(hr.shape[0], generator).to(hr.device)
         eps = torch.randn(x0.shape, generator=generator).to(hr.device)
         sg = sqrt_g[:, None, None, None]
         y = sg * x0 + (1 - sg ** 2).sqrt() * eps
-        out = model(torch.cat([bicubic, y], dim=1), sqrt_g)
-        target = make_target(self.cfg.prediction, x0, eps, sg)
-        return F.l1_loss(out, target) if self.cfg.loss == "l1" else F.mse_loss(out, target)
+        inp = torch.cat([bicubic, y], dim=1)
+        out = model(inp, sqrt_g)
+        crit = F.l1_loss if self.cfg.loss == "l1" else F.mse_loss
+        loss = crit(out, make_target(self.cfg.prediction, x0, eps, sg))
+        if teacher is not None and distill > 0:
+            with torch.no_grad():
+                guide = teacher(inp, sqrt_g)
+            loss = loss + distill * crit(out, guide)
+        return loss

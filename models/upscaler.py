@@ -100,12 +100,16 @@ def upscale(denoiser: Denoiser, diffusion: Diffusion, lr_u8: np.ndarray, cfg: Sa
 
 
 def torch_denoiser(net: torch.nn.Module) -> Denoiser:
-    """Wrap a torch network as the sampler's runtime-agnostic denoiser."""
+    """Wrap a torch network as the sampler's runtime-agnostic denoiser (CPU tensors in and out, whatever
+    device the network lives on)."""
     net.eval()
+    device = next(net.parameters()).device
 
     def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return net(x, noise_level)
+            if device.type == "cpu":
+                return net(x, noise_level)
+            return net(x.to(device), noise_level.to(device)).cpu()
 
     return run
 

@@ -28,7 +28,7 @@ def _str_list(text: str) -> list[str]:
 
 # ---- train, finetune, search ----------------------------------------------------------------
 TRAIN_KEYS = ("preset", "iters", "batch", "patch", "lr", "ema_decay", "seed", "threads", "data", "lr_dir",
-              "checkpoint_every")
+              "checkpoint_every", "teacher", "distill", "device")
 DIFFUSION_KEYS = ("prediction", "target", "residual_scale", "loss")
 
 
@@ -42,6 +42,7 @@ def _add_training_flags(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--device", help="cpu (default) or cuda; under torchrun each rank takes its LOCAL_RANK's GPU")
     p.add_argument("--data", help="'builtin' (scikit-image photos) or a DIV2K-layout HR folder")
     p.add_argument("--lr-dir", help="folder of LR images (e.g. DIV2K_train_LR_unknown/X2); default: bicubic x2")
     p.add_argument("--prediction", choices=["eps", "x0", "v"])
@@ -49,6 +50,8 @@ def _add_training_flags(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--residual-scale", type=float)
     p.add_argument("--loss", choices=["l1", "l2"])
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--teacher", help="model folder to distil from (same diffusion config), e.g. the trained base")
+    p.add_argument("--distill", type=float, help="weight of the distance to the teacher's output")
     p.add_argument("--out", default=out_default, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     p.add_argument("--no-progress", action="store_true")
@@ -118,8 +121,11 @@ def _config_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check(cfg) -> None:
+    from search.train import training_device
+
     try:
         cfg.unet_config()
+        training_device(cfg.device)
     except (TypeError, KeyError, ValueError) as exc:
         raise UserError(f"invalid config: {exc}") from None
     if cfg.iters < 1 or cfg.batch < 1 or cfg.patch < 16 or cfg.patch % 16:
@@ -401,6 +407,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda")
     p.add_argument("--out", default="runs/eval", help="folder for metrics.json, grid.png, trajectory.png")
     p.add_argument("--choose-defaults", action="store_true",
                    help="write the fewest-step setting within 0.05 dB of the best into the model's config.json")
@@ -413,8 +420,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.sampler import SamplerConfig
     from search.evaluate import EvalConfig, evaluate
 
+    from search.train import training_device
+
     _threads(args.threads)
+    try:
+        device = training_device(args.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     bundle = load_model(args.model)
+    bundle.net.to(device)
     for s in args.samplers:
         for k in args.steps:
             SamplerConfig(s, k, args.eta).validate(bundle.diffusion.schedule.T)
@@ -602,6 +616,38 @@ def cmd_store_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- pipeline ------------------------------------------------------------------------------
+def _add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="every stage in order: base, search per relaxation, fine-tune, evaluate, "
+                                        "export, compare, bench, report; resumes where it stopped")
+    p.add_argument("--preset", default="tiny", help="uses search/recipes/{PRESET,search-PRESET,finetune-PRESET}.yaml")
+    p.add_argument("--out", default="runs/pipeline", help="run folder (one per preset and settings)")
+    p.add_argument("--relax", type=_str_list, default=["softmax", "temperature", "gumbel-hard"])
+    p.add_argument("--steps", type=_int_list, help="step counts to evaluate (default 1,2,4,8; 1,2 if --quick)")
+    p.add_argument("--samplers", type=_str_list, default=["ddim", "ddpm"])
+    p.add_argument("--data", default="builtin", help="'builtin' or a DIV2K-layout HR folder")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where training stages run: cpu or cuda")
+    p.add_argument("--markdown", help="file for the report section (default: BENCHMARKS.md; OUT/report.md if --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the chain in a few minutes")
+    p.set_defaults(func=cmd_pipeline)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from search.pipeline import RELAXATIONS, PipelineConfig, run
+
+    if any(r not in RELAXATIONS + ("gumbel",) for r in args.relax) or not args.relax:
+        raise UserError(f"--relax takes a comma-separated subset of {', '.join(RELAXATIONS + ('gumbel',))}")
+    args.steps = args.steps or ([1, 2] if args.quick else [1, 2, 4, 8])
+    if any(s not in ("ddim", "ddpm") for s in args.samplers) or min(args.steps) < 1:
+        raise UserError("--samplers takes ddim and/or ddpm, and --steps positive integers")
+    cfg = PipelineConfig(args.preset, args.out, args.relax, args.steps, args.samplers, args.data, args.threads,
+                         args.device, args.quick, args.markdown)
+    report = run(cfg, main)
+    print(f"report written to {report}")
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------
 def _threads(n: int) -> None:
     if n:
@@ -614,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
-                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench):
+                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench, _add_pipeline):
         add(sub)
     return parser
 

@@ -38,7 +38,8 @@ def measure(name: str, bundle: ModelBundle, timing: tuple[float, str], evaluatio
             "served": f"{sampler} {steps}", "flops_per_image": flops * steps, "latency_s": timing[0],
             "latency_backend": timing[1], "batch": 1,
             "predicted_latency_s": next(iter(predicted.values())) if predicted else None,
-            "psnr_y": row["psnr_y"], "ssim_y": row["ssim_y"], "bicubic_psnr_y": report["bicubic"]["psnr_y"]}
+            "psnr_y": row["psnr_y"], "ssim_y": row["ssim_y"], "bicubic_psnr_y": report["bicubic"]["psnr_y"],
+            "bicubic_ssim_y": report["bicubic"]["ssim_y"]}
 
 
 def markdown(rows: list[dict[str, Any]], base: str | None = None) -> str:

@@ -36,24 +36,26 @@ class SlotCosts:
     def __init__(self, fixed: dict[str, float], per_slot: dict[str, dict[str, dict[str, float]]]):
         self.fixed = {k: float(v) for k, v in fixed.items()}
         self.per_slot = per_slot  # slot -> context -> candidate -> cost
-        self._vectors: dict[tuple[str, str], torch.Tensor] = {}
+        self._vectors: dict[tuple[str, str, str], torch.Tensor] = {}
         self._widths = {ctx: parse_context(ctx) for ctx in self.fixed}
 
-    def _vector(self, slot: str, ctx: str, names: list[str]) -> torch.Tensor:
-        key = (slot, ctx)
+    def _vector(self, slot: str, ctx: str, names: list[str], device: torch.device) -> torch.Tensor:
+        key = (slot, ctx, str(device))
         if key not in self._vectors:
-            self._vectors[key] = torch.tensor([self.per_slot[slot][ctx][n] for n in names], dtype=torch.float64)
+            self._vectors[key] = torch.tensor([self.per_slot[slot][ctx][n] for n in names], dtype=torch.float64,
+                                              device=device)
         return self._vectors[key]
 
     def expected(self, net: torch.nn.Module) -> torch.Tensor:
         probs = {w.slot: dict(zip(w.names, w.weights().double().unbind())) for w in width_slots(net)}
         weights = [(m.slot, m.names, m.weights().double()) for m in mixed_ops(net).values()]
-        total = torch.zeros((), dtype=torch.float64)
+        dev = weights[0][2].device if weights else torch.device("cpu")
+        total = torch.zeros((), dtype=torch.float64, device=dev)
         for ctx, fixed in self.fixed.items():
-            cost = torch.tensor(fixed, dtype=torch.float64)
+            cost = torch.tensor(fixed, dtype=torch.float64, device=dev)
             for slot, names, w in weights:
-                cost = cost + (w * self._vector(slot, ctx, names)).sum()
-            p = torch.ones((), dtype=torch.float64)
+                cost = cost + (w * self._vector(slot, ctx, names, dev)).sum()
+            p = torch.ones((), dtype=torch.float64, device=dev)
             for k, v in self._widths[ctx].items():
                 p = p * probs[k][v]
             total = total + p * cost

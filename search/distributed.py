@@ -8,10 +8,11 @@ import torch
 import torch.distributed as dist
 
 
-def init() -> tuple[int, int]:
-    """(rank, world size); joins the gloo group when launched by torchrun with more than one process."""
+def init(backend: str = "gloo") -> tuple[int, int]:
+    """(rank, world size); joins the process group (gloo on CPUs, nccl on GPUs) when launched by torchrun
+    with more than one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1

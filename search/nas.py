@@ -1,6 +1,7 @@
 """Hardware-aware differentiable architecture search (first-order DARTS) over the SR3 UNet."""
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import warnings
@@ -87,7 +88,9 @@ class SearchTrainer(Trainer):
         self.alpha_opt = torch.optim.Adam(arch_parameters(self.net), lr=cfg.alpha_lr, betas=(0.5, 0.999),
                                           weight_decay=cfg.alpha_weight_decay)
         self.alpha_data = CropSampler(self._alpha_pairs, cfg.patch, seed=self.rank_seed(7))
-        self.flops = slot_flops(self.net, self.net.cfg.image_size)
+        # FLOPs are counted once, on a CPU copy when training elsewhere (the counter's inputs live on the CPU)
+        counted = self.net if self.device.type == "cpu" else copy.deepcopy(self.net).cpu()
+        self.flops = slot_flops(counted, self.net.cfg.image_size)
         self.latency = self._latency_costs()
         self._warned = False
 
@@ -129,7 +132,7 @@ class SearchTrainer(Trainer):
 
     # ---- one step ------------------------------------------------------------------------------
     def alpha_step(self) -> dict[str, float]:
-        _, bic, hr = (torch.from_numpy(a) for a in self.alpha_data.batch(self.cfg.batch))
+        bic, hr = self.batch(self.alpha_data)
         task = self.diffusion.loss(self.model, hr, bic, self.gen)
         flops, latency = self.expected_costs()
         loss = cost_loss(task, self.cfg.cost_loss, flops, latency)

@@ -42,7 +42,10 @@ class TrainConfig:
     lr_dir: str | None = None
     checkpoint_every: int = 200
     threads: int = 0  # 0: torch's default
+    device: str = "cpu"  # or "cuda" (under torchrun: each rank takes the GPU of its LOCAL_RANK)
     init_model: str | None = None  # fine-tune: start from this model folder (its network and weights)
+    teacher: str | None = None  # knowledge distillation: a model folder with the same diffusion config
+    distill: float = 0.0  # weight of the distance to the teacher's output
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     unet_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +71,34 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def training_device(name: str) -> torch.device:
+    """The device to train on; a CUDA request on a machine without one is refused, not silently ignored."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device cuda requested, but this torch build or machine has no CUDA GPU")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; use cpu or cuda")
+    return device
+
+
+def load_teacher(cfg: TrainConfig, device: torch.device | None = None) -> UNet | None:
+    """The frozen teacher network; its outputs are only comparable under the same diffusion config."""
+    if not cfg.teacher or cfg.distill <= 0:
+        return None
+    bundle = load_model(cfg.teacher)
+    if bundle.diffusion.cfg.to_dict() != cfg.diffusion.to_dict():
+        raise CheckpointError(f"{cfg.teacher}: the teacher's diffusion config {bundle.diffusion.cfg.to_dict()} "
+                              f"differs from the run's {cfg.diffusion.to_dict()}")
+    return bundle.net.eval().requires_grad_(False).to(device or "cpu")
+
+
 class Trainer:
     """Owns the model, EMA, optimisers and data streams of one run folder.
 
@@ -82,17 +113,22 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.rank, self.world = distributed.init()
+        self.rank, self.world = distributed.init("nccl" if cfg.device.startswith("cuda") else "gloo")
+        self.device = training_device(cfg.device)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.net, self.preset = self.build_net()
+        self.net.to(self.device)
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
         self.opt = torch.optim.AdamW(self.weight_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.diffusion = Diffusion(cfg.diffusion)
+        self.teacher = load_teacher(cfg, self.device)
         self.data = CropSampler(self.train_pairs(), cfg.patch, seed=self.rank_seed(0))
         self.gen = torch.Generator().manual_seed(self.rank_seed(1))
         self.step = 0
         # Under torchrun every forward/backward goes through DDP, which averages gradients across ranks.
-        self.model = (torch.nn.parallel.DistributedDataParallel(self.net, find_unused_parameters=self.single_path)
+        ddp_devices = [self.device.index] if self.device.type == "cuda" else None
+        self.model = (torch.nn.parallel.DistributedDataParallel(self.net, device_ids=ddp_devices,
+                                                                find_unused_parameters=self.single_path)
                       if self.world > 1 else self.net)
 
     @property
@@ -125,11 +161,16 @@ class Trainer:
         return {"data": self.data}
 
     # ---- one optimisation step -------------------------------------------------------------
+    def batch(self, sampler: CropSampler) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bicubic, HR) crops on the training device."""
+        _, bic, hr = sampler.batch(self.cfg.batch)
+        return torch.from_numpy(bic).to(self.device), torch.from_numpy(hr).to(self.device)
+
     def weight_step(self) -> float:
-        _, bic, hr = (torch.from_numpy(a) for a in self.data.batch(self.cfg.batch))
+        bic, hr = self.batch(self.data)
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
-        loss = self.diffusion.loss(self.model, hr, bic, self.gen)
+        loss = self.diffusion.loss(self.model, hr, bic, self.gen, self.teacher, self.cfg.distill)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.weight_parameters(), self.cfg.grad_clip)

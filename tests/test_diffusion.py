@@ -134,3 +134,16 @@ def test_training_loss_reaches_zero_for_the_oracle():
 
     assert d.loss(model, hr, bic, g).item() < 1e-5
     assert d.loss(lambda x, nl: torch.zeros_like(x[:, :3]), hr, bic, g).item() > 1e-2
+
+
+def test_distillation_adds_the_weighted_distance_to_the_teacher():
+    d = Diffusion(DiffusionConfig(prediction="v", target="residual", loss="l1"))
+    hr = torch.rand(2, 3, 8, 8) * 2 - 1
+    bic = hr * 0.9
+    student = lambda x, nl: torch.zeros_like(x[:, :3])  # noqa: E731
+    teacher = lambda x, nl: torch.full_like(x[:, :3], 0.5)  # noqa: E731
+    plain = d.loss(student, hr, bic, torch.Generator().manual_seed(0)).item()
+    same = d.loss(student, hr, bic, torch.Generator().manual_seed(0), teacher=student, distill=3.0).item()
+    guided = d.loss(student, hr, bic, torch.Generator().manual_seed(0), teacher=teacher, distill=3.0).item()
+    assert same == pytest.approx(plain)  # a teacher that agrees adds nothing
+    assert guided == pytest.approx(plain + 3.0 * 0.5)

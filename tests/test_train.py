@@ -60,3 +60,42 @@ def test_lr_schedule_warms_up_and_decays():
     cfg = TrainConfig(iters=100, warmup=10, lr=1e-3, min_lr_ratio=0.1)
     assert lr_at(cfg, 0) < lr_at(cfg, 9) <= 1e-3
     assert abs(lr_at(cfg, 10) - 1e-3) < 1e-9 and abs(lr_at(cfg, 100) - 1e-4) < 1e-9
+
+
+def test_distillation_needs_a_teacher_with_the_same_diffusion(tmp_path):
+    import pytest
+
+    from models.checkpoint import CheckpointError
+
+    teacher = Trainer(TrainConfig(iters=1, **SMALL), tmp_path / "teacher").run(progress=False)
+    student = Trainer(TrainConfig(iters=2, teacher=str(teacher), distill=1.0, **SMALL), tmp_path / "student")
+    assert student.teacher is not None and not any(p.requires_grad for p in student.teacher.parameters())
+    assert student.train_step()["loss"] > 0
+    other = {**SMALL, "diffusion": DiffusionConfig(prediction="eps", target="residual")}
+    with pytest.raises(CheckpointError, match="diffusion config"):
+        Trainer(TrainConfig(iters=2, teacher=str(teacher), distill=1.0, **other), tmp_path / "bad")
+
+
+def test_a_device_without_hardware_is_refused_with_a_clear_message(run_srnas, tmp_path):
+    import pytest
+
+    from search.train import training_device
+
+    assert training_device("cpu").type == "cpu"
+    with pytest.raises(ValueError, match="unsupported device|unknown device"):
+        training_device("tpu")
+    if not torch.cuda.is_available():
+        proc = run_srnas("train", "--device", "cuda", "--iters", "1", "--out", tmp_path / "r")
+        assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_training_on_a_gpu_matches_the_cpu_loss_scale(tmp_path):
+    """Where a CUDA GPU exists: the same run on it trains, checkpoints and exports a CPU-loadable model."""
+    import pytest
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here (this torch build is CPU-only or the machine has none)")
+    t = Trainer(TrainConfig(iters=3, device="cuda", **SMALL), tmp_path / "gpu")
+    assert next(t.net.parameters()).is_cuda
+    bundle = load_model(t.run(progress=False))
+    assert not next(bundle.net.parameters()).is_cuda
