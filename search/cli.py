@@ -356,7 +356,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="per-step latency, images/s and GFLOP/s of models on every available backend")
     p.add_argument("models", nargs="*", metavar="NAME=MODEL_DIR",
-                   help="default: base=models/weights/default nas-tiny=models/weights/nas-tiny")
+                   help="default: base=models/weights/base-tiny default=models/weights/default")
     p.add_argument("--batches", type=_int_list, default=[1, 4, 8, 16])
     p.add_argument("--backends", type=_str_list, help="default: all that can run here")
     p.add_argument("--reps", type=int, default=20)
@@ -374,7 +374,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.timing import CPU_BACKENDS, GPU_BACKENDS
 
     root = Path(__file__).resolve().parents[1] / "models" / "weights"
-    pairs = [m.split("=", 1) for m in args.models] or [["base", str(root / "default")], ["nas-tiny", str(root / "nas-tiny")]]
+    pairs = [m.split("=", 1) for m in args.models] or [["base", str(root / "base-tiny")], ["default", str(root / "default")]]
     if any(len(p) != 2 or not p[0] or not Path(p[1]).is_dir() for p in pairs):
         raise UserError("give models as NAME=MODEL_DIR with existing folders")
     known = (*CPU_BACKENDS, *GPU_BACKENDS)

@@ -17,7 +17,7 @@ from models.checkpoint import load_model
 from models.errors import UserError
 from tests.conftest import ROOT
 
-NAS = ROOT / "models" / "weights" / "nas-tiny"
+NAS = ROOT / "models" / "weights" / "default"  # the searched subnet
 TRT_MISSING = tensorrt_missing()
 
 

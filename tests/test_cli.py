@@ -27,7 +27,8 @@ def test_info_default_model_reports_its_files(run_srnas):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["preset"] == "tiny" and info["path"].endswith("weights/default")
-    assert info["params"] > 100_000 and info["defaults"]["steps"] >= 1
+    assert info["params"] > 10_000 and info["defaults"]["steps"] >= 1
+    assert info["arch"] and set(info["arch"].values()) & {"dwsep3x3", "gconv3x3", "dwsep5x5", "ibn2", "skip"}
 
 
 def test_upscale_default_model(run_srnas, photo, tmp_path):
@@ -119,12 +120,13 @@ def test_choose_defaults_picks_fewest_steps_near_the_best():
     assert choose_defaults(report, tolerance_db=0.0)["steps"] == 8
 
 
-def test_shipped_searched_model(run_srnas, photo, tmp_path):
-    """models/weights/nas-tiny: the fine-tuned subnet of the hard-Gumbel search, with its search record."""
-    info = json.loads(run_srnas("info", "--model", "models/weights/nas-tiny", "--json").stdout)
-    base = json.loads(run_srnas("info", "--json").stdout)
+def test_shipped_searched_default_and_its_base(run_srnas, photo, tmp_path):
+    """The default is the fine-tuned subnet of the hard-Gumbel search; models/weights/base-tiny is its base."""
+    info = json.loads(run_srnas("info", "--json").stdout)
+    base = json.loads(run_srnas("info", "--model", "models/weights/base-tiny", "--json").stdout)
     assert info["arch"]["width0"] == "0.5" and info["flops_per_step"] * 4 < base["flops_per_step"]
+    assert base["arch"] is None and base["params"] > 1_000_000
     assert info["defaults"]["steps"] == 1
-    proc = run_srnas("upscale", photo, "-o", tmp_path / "up.png", "--model", "models/weights/nas-tiny")
+    proc = run_srnas("upscale", photo, "-o", tmp_path / "up.png", "--model", "models/weights/base-tiny")
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "up.png").size == tuple(2 * s for s in Image.open(photo).size)

@@ -85,7 +85,7 @@ def test_overload_answers_503_with_retry_after(home, tmp_path, bound, why):
     try:
         wait_ready(srv)
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: post(srv.url, png(64), steps=8, seed=i), range(8)))
+            answers = list(pool.map(lambda i: post(srv.url, png(64), steps=40, seed=i), range(8)))
         codes = sorted(r.status_code for r in answers)
         assert set(codes) == {200, 503}, codes
         for r in answers:
@@ -101,7 +101,7 @@ def test_sigterm_finishes_inflight_request(home, tmp_path):
     srv = start({"BENTOML_HOME": str(home)}, tmp_path / "serve.log")
     wait_ready(srv)
     result: dict[str, httpx.Response] = {}
-    slow = threading.Thread(target=lambda: result.setdefault("r", post(srv.url, png(96), steps=20)))
+    slow = threading.Thread(target=lambda: result.setdefault("r", post(srv.url, png(96), steps=100)))
     try:
         slow.start()
         assert wait_for(lambda: inflight(srv.url) >= 1)
