@@ -158,3 +158,14 @@ def test_observed_step_latency_matches_prediction(server):
     assert checked, "no label set with a prediction and enough steps"
     print({dict(k)["batch_size"]: round(v, 3) for k, v in checked.items()})
     assert all(0.8 <= r <= 1.25 for r in checked.values()), checked
+
+
+def test_request_benchmark_measures_latency_overhead_and_throughput(server):
+    """bench/requests.py against the real server: every figure it reports comes from real requests."""
+    from bench.requests import measure
+
+    report = measure(server.url, requests=4, clients=2)
+    assert report["steps"] == report["defaults"]["steps"] >= 1
+    assert 0 < report["mean_step_s_batch1"] < report["single"]["p50_s"] <= report["single"]["p95_s"]
+    assert report["overhead_s"] == report["single"]["p50_s"] - report["steps"] * report["mean_step_s_batch1"]
+    assert report["concurrent"]["images_per_s"] > 0 and report["concurrent"]["clients"] == 2
