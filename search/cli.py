@@ -423,10 +423,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from search.train import training_device
 
     _threads(args.threads)
-    try:
-        device = training_device(args.device)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    device = training_device(args.device)  # a UserError: one clear line, exit 2
     bundle = load_model(args.model)
     bundle.net.to(device)
     for s in args.samplers:

@@ -3,6 +3,7 @@ model picked by a stated rule; written into a marked section of BENCHMARKS.md (o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def write_report(cfg: PipelineConfig) -> Path:
             for f in ("search.png", "alpha.png"):
                 if (out / f"search-{r}" / f).exists():
                     figures.append(Path(shutil.copy(out / f"search-{r}" / f, fig_dir / f"{r}-{f}")))
-    rel = [Path(shutil.os.path.relpath(f, report.parent)).as_posix() for f in figures]
+    rel = [Path(os.path.relpath(f, report.parent)).as_posix() for f in figures]
     pick = (f"**Default by rule** ({RULE}): **{default['model']}**, served {default['served']}, "
             f"{default['psnr_y']:.3f} dB, {default['latency_s'] * 1e3:.2f} ms/step"
             if default else f"**Default by rule** ({RULE}): no subnet qualifies; keep the base.")

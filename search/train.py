@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from models.checkpoint import CheckpointError, ModelBundle, load_model, read_json, read_tensors, save_model, write_json
 from models.config import UNetConfig, preset
 from models.diffusion import Diffusion, DiffusionConfig
+from models.errors import UserError
 from models.unet import UNet
 from search import distributed
 from search.data import CropSampler, load_pairs
@@ -76,15 +77,15 @@ def training_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use cpu or cuda") from None
+        raise UserError(f"unknown device {name!r}; use cpu or cuda") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device cuda requested, but this torch build or machine has no CUDA GPU")
+            raise UserError("device cuda requested, but this torch build or machine has no CUDA GPU")
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     elif device.type != "cpu":
-        raise ValueError(f"unsupported device {name!r}; use cpu or cuda")
+        raise UserError(f"unsupported device {name!r}; use cpu or cuda")
     return device
 
 

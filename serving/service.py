@@ -32,7 +32,7 @@ from serving.imageio import BadImage, decode, encode_png
 from serving.info import app as info_app
 from serving.middleware import BodyLimit, RetryAfter
 from serving.model import Served, load_served
-from serving.tiles import MAX_SEED, TILE_B64, TileJob, pack, run_jobs, timed, unpack
+from serving.tiles import MAX_SEED, TILE_B64, TileJob, run_jobs, timed, unpack
 
 log = logging.getLogger("srnas.serving")
 CFG = ServeConfig.from_env()
@@ -164,7 +164,7 @@ class SRNAS:
     async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int) -> np.ndarray:
         """Send the tiles in chunks of at most one batch; BentoML batches chunks of all requests together."""
         now = time.time()
-        jobs = [TileJob(tile=pack(t), steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
+        jobs = [TileJob.of(t, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
                 for t, s in zip(tiles, tile_seeds(seed, len(tiles)))]
         n = CFG.max_batch_size
         parts = await asyncio.gather(*(self.to_async.denoise_tiles(jobs[i: i + n]) for i in range(0, len(jobs), n)))

@@ -15,7 +15,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from models.diffusion import Diffusion
 from models.sampler import SamplerConfig, sample
@@ -44,15 +44,27 @@ class TileJob(BaseModel):
     seed: int = Field(ge=0, le=MAX_SEED)
     sent_at: float = 0.0  # wall clock when the front queued it (for the queue-wait histogram)
 
-    @field_validator("tile")
+    _array: np.ndarray | None = PrivateAttr(default=None)  # the decoded tile, kept by validation
+
     @classmethod
-    def _is_tile(cls, v: str) -> str:
+    def of(cls, tile: np.ndarray, **fields) -> "TileJob":
+        """A job from the front's own tile: built without re-validating (and so re-decoding) what it packed."""
+        return cls.model_construct(tile=pack(tile), **fields)
+
+    @model_validator(mode="after")
+    def _decode(self) -> "TileJob":
         try:
-            if len(base64.b64decode(v, validate=True)) != TILE_BYTES:
+            raw = base64.b64decode(self.tile, validate=True)
+            if len(raw) != TILE_BYTES:
                 raise ValueError
         except (binascii.Error, ValueError):
             raise ValueError(f"tile must be base64 of {TILE_BYTES} bytes (float32 3x{TILE}x{TILE})") from None
-        return v
+        self._array = np.frombuffer(raw, dtype=np.float32).reshape(TILE_SHAPE)
+        return self
+
+    def array(self) -> np.ndarray:
+        """The tile as float32 CHW: decoded once, at validation."""
+        return self._array if self._array is not None else unpack(self.tile)
 
 
 StepObserver = Callable[[int, float], None]  # (batch size, seconds of one network call)
@@ -79,7 +91,7 @@ def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, ma
         groups[(min(job.steps, max_steps), job.sampler)].append(i)
     out: list[str] = [""] * len(jobs)
     for (steps, sampler), idx in groups.items():
-        bic = torch.from_numpy(np.stack([unpack(jobs[i].tile) for i in idx]))
+        bic = torch.from_numpy(np.stack([jobs[i].array() for i in idx]))
         sr = sample(denoiser, diffusion, bic, SamplerConfig(sampler, steps, eta), [jobs[i].seed for i in idx])
         for i, tile in zip(idx, sr.numpy()):
             out[i] = pack(tile)
