@@ -3,6 +3,8 @@ server's overhead beyond the network, and throughput with many clients against o
 
     python -m bench.requests [--model DIR] [--requests 40] [--clients 16] [--out bench/results/requests.json]
 
+The server takes its settings from the environment as usual (e.g. SRNAS_WORKERS=2 SRNAS_THREADS=1).
+
 Overhead = median request latency (one client, sequential) - steps x median observed step latency at
 batch 1 (from the server's own sr_denoise_step_seconds histogram over the same requests).
 """
@@ -70,6 +72,8 @@ def measure(url: str, requests: int, clients: int, side: int = 64) -> dict:
     wall = time.perf_counter() - t0
     one_client_rate = len(single) / sum(single)
     return {"model": info["path"], "backend": info["backend"]["label"], "defaults": info["defaults"],
+            "workers": info["limits"]["workers"], "threads": info["limits"]["threads"],
+            "tile_batching": info["limits"]["tile_batching"],
             "input": f"{side}x{side}", "requests": requests,
             "single": {"p50_s": statistics.median(single), "p95_s": float(np.percentile(single, 95)),
                        "images_per_s": one_client_rate},

@@ -61,7 +61,8 @@ def predicted_from_lut(bundle: ModelBundle, lut: str | Path) -> dict[str, Any]:
     except KeyError as exc:
         raise UserError(f"{lut}: the model's network is outside the table ({exc})") from None
     return {"source": str(lut), "host": table.meta["host"], "version": table.meta["version"],
-            "corrected": sorted(str(b) for b in table.correction), "seconds": seconds}
+            "threads": table.meta.get("threads"), "corrected": sorted(str(b) for b in table.correction),
+            "seconds": seconds}
 
 
 def variant_quality(bundle: ModelBundle, variant_file: Path, cfg: DeployConfig) -> dict[str, Any]:

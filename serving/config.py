@@ -56,6 +56,7 @@ class ServeConfig:
     overlap: int = 16  # HR px shared by neighbouring tiles
     dispatch_poll_ms: float = 1.0  # how often BentoML's batch dispatcher polls while a batch runs
     cpu_gate: int = 1  # 1: image decoding/encoding never overlaps a network call (no CPU contention)
+    png_level: int = 1  # zlib level of the answer: 1 encodes ~2x faster than Pillow's 6 for ~10% more bytes
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -88,6 +89,8 @@ class ServeConfig:
                 raise UserError(f"SRNAS_{name.upper()} must be >= 1")
         if self.max_batch_size < 2:
             raise UserError("SRNAS_MAX_BATCH_SIZE must be >= 2 (BentoML's adaptive batching)")
+        if not 0 <= self.png_level <= 9:
+            raise UserError("SRNAS_PNG_LEVEL must be in 0..9")
         if not 0 <= self.overlap < 64:
             raise UserError("SRNAS_OVERLAP must be in 0..63")
         if self.limits.max_steps < 1 or self.limits.max_pixels < 64 or self.limits.max_bytes < 1024:

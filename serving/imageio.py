@@ -57,7 +57,7 @@ def decode(data: bytes, limits: Limits) -> np.ndarray:
         raise BadImage(f"unreadable image ({exc})") from None
 
 
-def encode_png(rgb: np.ndarray) -> bytes:
+def encode_png(rgb: np.ndarray, level: int = 6) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=level)
     return buf.getvalue()

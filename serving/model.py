@@ -55,13 +55,19 @@ def select_backend(bundle: ModelBundle, cfg: ServeConfig) -> LoadedDenoiser:
     raise UserError("no backend could load the model")
 
 
-def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int) -> dict[int, float]:
-    """Search-time per-step predictions for this backend, keyed by batch size (empty if unrecorded)."""
+def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int, threads: int) -> dict[int, float]:
+    """Search-time per-step predictions for this backend, keyed by batch size. Empty if unrecorded, or if
+    the table was timed with another thread count (a 2-thread figure says nothing about 1 thread)."""
     if model_dir is None:
         return {}
     recorded = read_record(model_dir).get("predicted", {})  # read once, not once per batch size
     keys = [loaded.label] + ([loaded.backend] if loaded.variant in ("fp32", "fp16") else [])
     entry = next((recorded[k] for k in keys if k in recorded and recorded[k].get("seconds")), None)
+    if entry and entry.get("threads") not in (None, threads):
+        log.warning("no step-latency prediction: the model's table was timed with %s runtime threads, this "
+                    "worker runs %d (profile a table at this count and srnas deploy --lut it)",
+                    entry["threads"], threads)
+        return {}
     return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
 
 
@@ -83,7 +89,7 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     if loaded.backend != "torch":  # torch only does the sampler's small element-wise glue between steps:
         torch.set_num_threads(1)  # its spinning worker threads would steal the runtime's CPUs
     warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
-    served = Served(bundle, loaded, params, flops, predictions(bundle.path, loaded, cfg.max_batch_size))
+    served = Served(bundle, loaded, params, flops, predictions(bundle.path, loaded, cfg.max_batch_size, cfg.threads))
     for b, s in served.predicted.items():
         metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0

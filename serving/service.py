@@ -1,8 +1,10 @@
 """The BentoML service: POST /upscale (x2 super-resolution of any image through 128x128 tiles).
 
 /upscale validates the upload, cuts it into tiles and sends them, in chunks, to its own batchable
-/denoise_tiles API through BentoML's in-process proxy, so BentoML's adaptive batching combines tiles
+/denoise_tiles API, so BentoML's adaptive batching combines tiles
 from concurrent requests; a batch is then grouped by (steps, sampler), one sampling loop per group.
+The chunks go straight to BentoML's dispatcher for that API (serving/batching.py), and only references
+to the tiles travel: the tiles stay in this worker's `TileStore` (serving/tiles.py).
 Admission is bounded per worker (requests and tiles in flight): past it the answer is 503 + Retry-After.
 """
 from __future__ import annotations
@@ -25,14 +27,15 @@ from starlette.responses import JSONResponse, Response
 
 from models.errors import UserError
 from models.sampler import SamplerConfig
-from models.upscaler import TileConfig, blend_tiles, make_tiles, tile_seeds
+from models.upscaler import TileConfig, TilePlan, blend_tiles, make_tiles, tile_seeds
 from serving import hardening, metrics
+from serving.batching import BatchedCall
 from serving.config import SERVICE_NAME, ServeConfig
 from serving.imageio import BadImage, decode, encode_png
 from serving.info import app as info_app
 from serving.middleware import BodyLimit, RetryAfter
 from serving.model import Served, load_served
-from serving.tiles import MAX_SEED, TILE_B64, TileJob, run_jobs, timed, unpack
+from serving.tiles import JOB_JSON_BYTES, MAX_SEED, STORE, TileJob, run_jobs, timed
 
 log = logging.getLogger("srnas.serving")
 CFG = ServeConfig.from_env()
@@ -44,6 +47,11 @@ Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, descripti
 
 
 hardening.install(CFG.dispatch_poll_ms / 1000)
+
+
+def decode_tiles(data: bytes) -> tuple[np.ndarray, TilePlan]:
+    """The upload as bicubic 128x128 tiles (one thread hop for both)."""
+    return make_tiles(decode(data, CFG.limits), TileConfig(overlap=CFG.overlap))
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -85,6 +93,7 @@ class SRNAS:
         self.admission = Admission(CFG.max_inflight_requests, CFG.max_inflight_tiles)
         self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
         self.model_dir = Path(self.model_ref.path)
+        self.denoise_batched = BatchedCall(self, "denoise_tiles")
         # load in the background so /livez answers at once and /readyz stays false until warm
         threading.Thread(target=self._load, name="srnas-load", daemon=True).start()
 
@@ -106,7 +115,8 @@ class SRNAS:
         return {"max_bytes": lim.max_bytes, "max_pixels": lim.max_pixels, "max_side": lim.max_side,
                 "min_side": lim.min_side, "max_steps": lim.max_steps, "max_batch_size": CFG.max_batch_size,
                 "max_latency_ms": CFG.max_latency_ms, "workers": CFG.workers, "threads": CFG.threads,
-                "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles}
+                "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles,
+                "tile_batching": self.denoise_batched.path}
 
     @bentoml.api(route="/upscale")
     async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
@@ -132,12 +142,11 @@ class SRNAS:
             size = image.stat().st_size
             if size > CFG.limits.max_bytes:
                 raise BadImage(f"image is {size} bytes; at most {CFG.limits.max_bytes} are accepted", 413)
-            lr = await self._cpu(decode, image.read_bytes(), CFG.limits)
+            tiles, plan = await self._cpu(decode_tiles, image.read_bytes())
         except UserError as exc:
             return error(400, str(exc))
         except BadImage as exc:
             return error(exc.status, str(exc))
-        tiles, plan = await self._cpu(make_tiles, lr, TileConfig(overlap=CFG.overlap))
         if not self.admission.take_tiles(len(tiles)):
             return error(503, "over capacity: too many tiles in flight")
         metrics.REQUEST_TILES.observe(len(tiles))
@@ -150,7 +159,7 @@ class SRNAS:
             raise
         finally:
             self.admission.tiles -= len(tiles)
-        png = await self._cpu(lambda: encode_png(blend_tiles(sr, plan)))
+        png = await self._cpu(lambda: encode_png(blend_tiles(sr, plan), CFG.png_level))
         return Response(png, media_type="image/png")
 
     async def _cpu(self, fn, *args):
@@ -164,16 +173,20 @@ class SRNAS:
     async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int) -> np.ndarray:
         """Send the tiles in chunks of at most one batch; BentoML batches chunks of all requests together."""
         now = time.time()
-        jobs = [TileJob.of(t, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
-                for t, s in zip(tiles, tile_seeds(seed, len(tiles)))]
-        n = CFG.max_batch_size
-        parts = await asyncio.gather(*(self.to_async.denoise_tiles(jobs[i: i + n]) for i in range(0, len(jobs), n)))
-        return np.stack([unpack(t) for part in parts for t in part])
+        refs = [STORE.put(t) for t in tiles]
+        try:
+            jobs = [TileJob.of(r, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
+                    for r, s in zip(refs, tile_seeds(seed, len(tiles)))]
+            n = CFG.max_batch_size
+            await asyncio.gather(*(self.denoise_batched(jobs[i: i + n]) for i in range(0, len(jobs), n)))
+            return np.stack([STORE.get(r).result for r in refs])
+        finally:  # also when the client goes away mid-request: nothing stays behind
+            STORE.drop(refs)
 
     @bentoml.api(route="/denoise_tiles", batchable=True, max_batch_size=CFG.max_batch_size,
                  max_latency_ms=CFG.max_latency_ms)
-    def denoise_tiles(self, jobs: list[TileJob]) -> list[str]:
-        """Internal: sample bicubic tiles (base64 float32 3x128x128); used by /upscale, batched across requests."""
+    def denoise_tiles(self, jobs: list[TileJob]) -> list[bool]:
+        """Internal: sample tiles that /upscale in this worker holds (by reference), batched across requests."""
         served = self.served
         if served is None:
             raise bentoml.exceptions.ServiceUnavailable("model is loading")
@@ -188,5 +201,5 @@ class SRNAS:
 
 _body = CFG.limits.max_bytes + 64 * 1024  # the image plus the small form fields
 SRNAS.add_asgi_middleware(BodyLimit, limits={"/upscale": _body},
-                          default=max(_body, CFG.max_batch_size * (TILE_B64 + 512) + 4096))
+                          default=CFG.max_batch_size * JOB_JSON_BYTES + 4096)
 SRNAS.add_asgi_middleware(RetryAfter, seconds=CFG.retry_after_s)

@@ -1,70 +1,85 @@
 """Tile jobs: what the /upscale front sends to the batched denoiser, and how a mixed batch is run.
 
+The front and the batched denoiser run in the same worker process (BentoML's self-proxy is an in-process
+ASGI transport), so tiles never cross the self-call: the front parks each tile in this worker's
+`TileStore` and sends only its reference, and the denoiser writes the result back into the same slot.
 A job carries its own steps, sampler and seed, so one adaptive batch may mix requests; the batch is
 split into groups of equal (steps, sampler) and each group runs as one batched sampling loop. A tile's
 noise comes from its own seed, so its result does not depend on the other tiles in its batch.
 """
 from __future__ import annotations
 
-import base64
-import binascii
+import secrets
 import time
 from collections import defaultdict
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from models.diffusion import Diffusion
 from models.sampler import SamplerConfig, sample
 
-TILE = 128  # HR px, the size the network was trained on
-TILE_SHAPE = (3, TILE, TILE)
-TILE_BYTES = 3 * TILE * TILE * 4  # float32
-TILE_B64 = 4 * ((TILE_BYTES + 2) // 3)
 MAX_SEED = 2**63 - 1
+REF_PATTERN = r"^[0-9a-f]{32}$"
+JOB_JSON_BYTES = 512  # generous upper bound of one job's JSON, for the self-call body limit
 
 
-def pack(arr: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(arr, dtype=np.float32).tobytes()).decode("ascii")
+@dataclass
+class Slot:
+    tile: np.ndarray  # bicubic-upsampled float32 CHW in [-1, 1]
+    result: np.ndarray | None = None
 
 
-def unpack(text: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype=np.float32).reshape(TILE_SHAPE)
+class TileStore:
+    """This worker's tiles in flight, by unguessable reference. Only the front adds and removes them."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Slot] = {}
+
+    def put(self, tile: np.ndarray) -> str:
+        ref = secrets.token_hex(16)
+        self._slots[ref] = Slot(np.ascontiguousarray(tile, dtype=np.float32))
+        return ref
+
+    def get(self, ref: str) -> Slot | None:
+        return self._slots.get(ref)
+
+    def drop(self, refs: list[str]) -> None:
+        for ref in refs:
+            self._slots.pop(ref, None)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+STORE = TileStore()
 
 
 class TileJob(BaseModel):
-    """One bicubic-upsampled 128x128 tile (float32 CHW in [-1, 1], base64) and how to sample it."""
+    """A reference to one 128x128 tile held by this worker's front, and how to sample it."""
 
-    tile: str = Field(min_length=TILE_B64, max_length=TILE_B64)
+    ref: str = Field(pattern=REF_PATTERN)
     steps: int = Field(ge=1, le=100_000)  # the front enforces the configured maximum
     sampler: Literal["ddim", "ddpm"]
     seed: int = Field(ge=0, le=MAX_SEED)
     sent_at: float = 0.0  # wall clock when the front queued it (for the queue-wait histogram)
 
-    _array: np.ndarray | None = PrivateAttr(default=None)  # the decoded tile, kept by validation
-
-    @classmethod
-    def of(cls, tile: np.ndarray, **fields) -> "TileJob":
-        """A job from the front's own tile: built without re-validating (and so re-decoding) what it packed."""
-        return cls.model_construct(tile=pack(tile), **fields)
-
     @model_validator(mode="after")
-    def _decode(self) -> "TileJob":
-        try:
-            raw = base64.b64decode(self.tile, validate=True)
-            if len(raw) != TILE_BYTES:
-                raise ValueError
-        except (binascii.Error, ValueError):
-            raise ValueError(f"tile must be base64 of {TILE_BYTES} bytes (float32 3x{TILE}x{TILE})") from None
-        self._array = np.frombuffer(raw, dtype=np.float32).reshape(TILE_SHAPE)
+    def _known(self) -> "TileJob":
+        # checked per request, before batching, so a bad job never fails the batch it would have joined
+        if STORE.get(self.ref) is None:
+            raise ValueError("unknown tile reference: /denoise_tiles only runs tiles that /upscale in the "
+                             "same worker holds")
         return self
 
-    def array(self) -> np.ndarray:
-        """The tile as float32 CHW: decoded once, at validation."""
-        return self._array if self._array is not None else unpack(self.tile)
+    @classmethod
+    def of(cls, ref: str, **fields) -> "TileJob":
+        """A job for the front's own tile (known to be valid, so not re-validated)."""
+        return cls.model_construct(ref=ref, **fields)
 
 
 StepObserver = Callable[[int, float], None]  # (batch size, seconds of one network call)
@@ -84,15 +99,17 @@ def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullco
     return run
 
 
-def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, max_steps: int) -> list[str]:
-    """Sample every job's tile; jobs with the same (steps, sampler) share one batched loop."""
+def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, max_steps: int) -> list[bool]:
+    """Sample every job's tile into its slot; jobs with the same (steps, sampler) share one batched loop.
+    A job whose request has gone (its slot dropped) is skipped and answered False."""
+    slots = [STORE.get(job.ref) for job in jobs]
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        groups[(min(job.steps, max_steps), job.sampler)].append(i)
-    out: list[str] = [""] * len(jobs)
+    for i, (job, slot) in enumerate(zip(jobs, slots)):
+        if slot is not None:
+            groups[(min(job.steps, max_steps), job.sampler)].append(i)
     for (steps, sampler), idx in groups.items():
-        bic = torch.from_numpy(np.stack([jobs[i].array() for i in idx]))
+        bic = torch.from_numpy(np.stack([slots[i].tile for i in idx]))
         sr = sample(denoiser, diffusion, bic, SamplerConfig(sampler, steps, eta), [jobs[i].seed for i in idx])
         for i, tile in zip(idx, sr.numpy()):
-            out[i] = pack(tile)
-    return out
+            slots[i].result = tile
+    return [slot is not None for slot in slots]

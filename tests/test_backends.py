@@ -111,6 +111,7 @@ def test_deploy_int8_records_quality_and_prediction(run_srnas, nas_copy):
     onnx.checker.check_model(q)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
     pred = rec["predicted"]["onnxruntime"]["seconds"]
+    assert rec["predicted"]["onnxruntime"]["threads"] == 2  # the shipped table's; serving checks it
     meta = json.loads((NAS / "config.json").read_text())["meta"]["arch"]["predicted"]["latency_per_step_s"]
     assert pred["1"] == pytest.approx(next(iter(meta.values())), rel=0.2)  # the search-time prediction, corrected
     bundle = load_model(nas_copy)

@@ -248,7 +248,10 @@ def test_streamed_body_over_the_limit_is_413(server):
     assert httpx.get(server.url + "/livez").status_code == 200
 
 
-def test_internal_tile_api_validates_its_input(server):
-    job = {"tile": "AAAA", "steps": 1, "sampler": "ddim", "seed": 0}
+@pytest.mark.parametrize("ref, message", [("AAAA", "pattern"), ("0" * 32, "unknown tile reference")])
+def test_internal_tile_api_refuses_what_it_does_not_hold(server, ref, message):
+    """/denoise_tiles takes references to tiles the front holds, never tiles from outside."""
+    job = {"ref": ref, "steps": 1, "sampler": "ddim", "seed": 0}
     r = httpx.post(server.url + "/denoise_tiles", json={"jobs": [job]}, timeout=30)
-    assert r.status_code == 400 and r.json()["error"]
+    assert r.status_code == 400 and message in json.dumps(r.json())
+    assert httpx.get(server.url + "/livez").status_code == 200

@@ -45,3 +45,20 @@ def test_bad_env_is_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(UserError):
         ServeConfig.from_env()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_predictions_only_for_the_thread_count_the_table_was_timed_at(threads):
+    """The shipped default's table was timed with 2 runtime threads: a 1-thread worker gets no prediction."""
+    from export.backends import LoadedDenoiser
+    from export.record import read_record
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.model import predictions
+
+    entry = read_record(DEFAULT_MODEL_DIR)["predicted"]["onnxruntime"]
+    loaded = LoadedDenoiser(run=None, backend="onnxruntime", variant="fp32", label="onnxruntime-fp32")
+    got = predictions(DEFAULT_MODEL_DIR, loaded, max_batch=4, threads=threads)
+    if threads == entry["threads"]:
+        assert sorted(got) == [1, 2, 3, 4] and got[1] == pytest.approx(entry["seconds"]["1"])
+    else:
+        assert got == {}
