@@ -13,10 +13,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from models.diffusion import Diffusion, split_prediction
+from models.diffusion import Denoiser, Diffusion, split_prediction
 from models.errors import UserError
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, y_t, predicted image)
 
 SAMPLERS = ("ddim", "ddpm")

@@ -419,7 +419,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
     from models.sampler import SamplerConfig
     from search.evaluate import EvalConfig, evaluate
-
     from search.train import training_device
 
     _threads(args.threads)

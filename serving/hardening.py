@@ -1,7 +1,6 @@
 """Adjustments to BentoML's request handling, installed when the service module loads."""
 from __future__ import annotations
 
-import copy
 import io
 import logging
 
@@ -44,27 +43,7 @@ def dispatcher_poll(seconds: float) -> None:
     CorkDispatcher.TICKET_INTERVAL = seconds
 
 
-def cached_io_schemas() -> None:
-    """BentoML rebuilds an API's input/output JSON schema on every call to pick a media type or a parse
-    path (about 2 ms a call, paid twice per request through the self-call). The schema depends only on
-    the class, so build it once per class; callers get a copy, so nothing shared can be mutated."""
-    from _bentoml_sdk.io_models import IORootModel
-
-    build = IORootModel.model_json_schema.__func__
-    cache: dict[type, dict] = {}
-
-    def model_json_schema(cls, *args, **kwargs) -> dict:
-        if args or kwargs:
-            return build(cls, *args, **kwargs)
-        if cls not in cache:
-            cache[cls] = build(cls)
-        return copy.deepcopy(cache[cls])
-
-    IORootModel.model_json_schema = classmethod(model_json_schema)
-
-
 def install(poll_seconds: float) -> None:
     dispatcher_poll(poll_seconds)
-    cached_io_schemas()
     no_url_downloads()
     logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorsWithoutTraceback())
