@@ -78,6 +78,7 @@ def measure(url: str, requests: int, clients: int, side: int = 64) -> dict:
             "single": {"p50_s": statistics.median(single), "p95_s": float(np.percentile(single, 95)),
                        "images_per_s": one_client_rate},
             "mean_step_s_batch1": step_s, "steps": steps,
+            "predicted_step_s_batch1": info["predicted_step_seconds"].get("1"),
             "overhead_s": statistics.median(single) - steps * step_s,
             "concurrent": {"clients": clients, "p50_s": statistics.median(many),
                            "p95_s": float(np.percentile(many, 95)), "images_per_s": len(many) / wall,

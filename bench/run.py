@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bench.levels import by_level, levels_in_subprocess
 from bench.peak import peak_in_subprocess
 from bench.timing import CPU_BACKENDS, GPU_BACKENDS, TimingJob, gpu_missing, time_in_subprocess
-from export.record import read_record
+from export.record import predicted_entry, read_record
 from export.runtime import cpu_quota
 
 
@@ -75,7 +75,7 @@ def run(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                  "gflops_per_s": flops[n] / timings[(name, b)][str(n)] / 1e9} for b in backends for n in cfg.batches]
         for r in rows:
             r["fraction_of_peak"] = r["gflops_per_s"] / peak
-        predicted = read_record(path).get("predicted", {}).get("onnxruntime", {}).get("seconds", {})
+        predicted = (predicted_entry(read_record(path), ["onnxruntime"], threads) or {}).get("seconds", {})
         report["models"][name] = {
             "path": path, "params": count_params(bundle.net), "flops_per_step": flops[1], "served_steps": steps,
             "served_sampler": bundle.defaults["sampler"], "rows": rows, "predicted_onnxruntime": predicted,

@@ -12,7 +12,7 @@ from typing import Any
 
 from export.backends import ONNX_FILES, ort_denoiser
 from export.onnx_export import export_unet
-from export.record import MAX_PSNR_DROP_DB, update_record
+from export.record import MAX_PSNR_DROP_DB, predicted_key, update_record
 from export.runtime import RuntimeConfig
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
@@ -87,7 +87,8 @@ def deploy(model_dir: str | Path, cfg: DeployConfig) -> dict[str, Any]:
     export_unet(bundle.net, path / ONNX_FILES["fp32"])
     rec: dict[str, Any] = {}
     if cfg.lut:
-        rec = update_record(path, "predicted", "onnxruntime", predicted_from_lut(bundle, cfg.lut))
+        pred = predicted_from_lut(bundle, cfg.lut)  # beside the tables of other thread counts, not over them
+        rec = update_record(path, "predicted", predicted_key("onnxruntime", pred["threads"]), pred)
     if cfg.int8:
         from export.quantize import quantize_int8
 

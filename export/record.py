@@ -4,7 +4,8 @@ reduced-precision variants with their measured PSNR cost.
 The server publishes the prediction beside what it observes, and picks a variant only when its
 recorded PSNR loss is within the allowed budget.
 
-    {"predicted": {"onnxruntime": {"source": LUT path, "host": ..., "seconds": {"1": s, "8": s}}},
+    {"predicted": {"onnxruntime@2t": {"source": LUT path, "host": ..., "threads": 2, "seconds": {"1": s, "8": s}},
+                   "onnxruntime@1t": {...}},   # one prediction per backend and runtime thread count
      "measured":  {"onnxruntime-fp32": {"host": ..., "seconds": {"1": s, ...}}, "torch": {...}},
      "variants":  {"int8": {"file": "model.int8.onnx", "psnr_db": x, "psnr_drop_db": d, "seconds": {...}}}}
 """
@@ -48,9 +49,28 @@ def interpolate(seconds: dict[str, float], batch: int) -> float | None:
     return float(ys[i] + slope * (batch - xs[i]))
 
 
-def predicted_step_seconds(model_dir: str | Path, backend: str, batch: int) -> float | None:
+def predicted_key(backend: str, threads: int | None) -> str:
+    """Where deploy.json keeps the prediction for `backend` timed with `threads` runtime threads."""
+    return f"{backend}@{threads}t" if threads else backend
+
+
+def predicted_entries(record: dict[str, Any], backend: str) -> list[dict[str, Any]]:
+    """Every recorded prediction for `backend` (any thread count; a plain key is an older record's)."""
+    return [e for k, e in record.get("predicted", {}).items() if k.split("@")[0] == backend and e.get("seconds")]
+
+
+def predicted_entry(record: dict[str, Any], backends: list[str], threads: int | None) -> dict[str, Any] | None:
+    """The prediction for the first of `backends` timed with `threads` runtime threads (None: any)."""
+    for backend in backends:
+        for entry in predicted_entries(record, backend):
+            if threads is None or entry.get("threads") in (None, threads):
+                return entry
+    return None
+
+
+def predicted_step_seconds(model_dir: str | Path, backend: str, batch: int, threads: int | None = None) -> float | None:
     """The search-time (lookup-table) prediction of one denoising step at `batch`, or None if unrecorded."""
-    entry = read_record(model_dir).get("predicted", {}).get(backend)
+    entry = predicted_entry(read_record(model_dir), [backend], threads)
     return interpolate(entry["seconds"], batch) if entry else None
 
 

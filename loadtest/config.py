@@ -53,6 +53,7 @@ class Shape:
     spike_at_s: float = 0.0  # spike: when it starts
     spike_s: float = 0.0  # spike: how long it lasts
     baseline_s: float = 30.0  # server RSS baseline after this much load (allocators and batch buffers warm up)
+    window_s: float = 60.0  # RSS growth compares the medians of the first window after baseline_s and the last
     max_rss_growth: float | None = None  # overrides slo.max_rss_growth (short runs are mostly warm-up)
 
 
@@ -103,7 +104,8 @@ def _shape(data, where: str) -> Shape:
     shape = _build(Shape, data, where)
     if shape.kind not in ("ramp", "soak", "spike"):
         raise ConfigError(f"{where}.kind must be ramp, soak or spike, got {shape.kind!r}")
-    _positive(where, users=shape.users, duration_s=shape.duration_s, spawn_rate=shape.spawn_rate)
+    _positive(where, users=shape.users, duration_s=shape.duration_s, spawn_rate=shape.spawn_rate,
+              window_s=shape.window_s)
     if shape.max_rss_growth is not None:
         _positive(where, max_rss_growth=shape.max_rss_growth)
     if shape.kind == "spike" and not 0 <= shape.spike_at_s < shape.spike_at_s + shape.spike_s <= shape.duration_s:

@@ -10,12 +10,15 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+
+import numpy as np
 
 from loadtest import config
 from loadtest.server import ROOT, rss_bytes, serve
@@ -43,14 +46,22 @@ class RssSampler(threading.Thread):
         return self.samples
 
 
-def rss_growth(samples: list[tuple[float, int]], baseline_s: float) -> dict:
-    """Growth of the last sample over the first one taken at or after baseline_s (warm-up excluded)."""
+def rss_growth(samples: list[tuple[float, int]], baseline_s: float, window_s: float) -> dict:
+    """Growth from the median RSS of the window after warm-up (from baseline_s) to that of the last window.
+
+    Under load a single sample swings by several percent with the tiles and batches in flight, so the
+    growth between two samples mostly says where in that swing each fell; window medians do not. The
+    least-squares slope after warm-up is reported beside them (MB/min), to tell a plateau from a leak."""
     if not samples:
         return {}
-    base = next(((t, r) for t, r in samples if t >= baseline_s), samples[-1])
-    end = samples[-1]
-    return {"baseline_mb": base[1] / 2**20, "end_mb": end[1] / 2**20, "peak_mb": max(r for _, r in samples) / 2**20,
-            "start_mb": samples[0][1] / 2**20, "baseline_at_s": base[0], "growth": end[1] / base[1] - 1}
+    mb = [(t, r / 2**20) for t, r in samples]
+    after = [(t, r) for t, r in mb if t >= baseline_s] or mb[-1:]
+    t0, t_end = after[0][0], after[-1][0]
+    base = statistics.median(r for t, r in after if t < t0 + window_s)
+    end = statistics.median(r for t, r in after if t > t_end - window_s)
+    slope = float(np.polyfit([t for t, _ in after], [r for _, r in after], 1)[0] * 60) if len(after) > 2 else 0.0
+    return {"baseline_mb": base, "end_mb": end, "peak_mb": max(r for _, r in mb), "start_mb": mb[0][1],
+            "baseline_at_s": t0, "window_s": window_s, "growth": end / base - 1, "slope_mb_per_min": slope}
 
 
 def aggregated(csv_prefix: Path) -> dict:
@@ -82,7 +93,7 @@ def run(cfg_path: Path, shape: str | None, out: Path, host: str | None = None, s
         result = locust(host or server.url, cfg_path, cfg.shape, out, cfg.selected.duration_s + 180)
         samples = sampler.stop() if sampler else []
     summary = {"shape": cfg.shape, "locust_exit_code": result.returncode, **aggregated(out / "locust"),
-               "rss": rss_growth(samples, cfg.selected.baseline_s)}
+               "rss": rss_growth(samples, cfg.selected.baseline_s, cfg.selected.window_s)}
     rss_ok = not samples or summary["rss"]["growth"] <= cfg.max_rss_growth
     summary["exit_code"] = result.returncode or (0 if rss_ok else 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -92,7 +103,8 @@ def run(cfg_path: Path, shape: str | None, out: Path, host: str | None = None, s
 
 def describe(s: dict) -> str:
     rss = f", server RSS {s['rss']['baseline_mb']:.0f} -> {s['rss']['end_mb']:.0f} MB " \
-          f"({100 * s['rss']['growth']:+.1f} %)" if s["rss"] else ""
+          f"({100 * s['rss']['growth']:+.1f} %, median of {s['rss']['window_s']:.0f} s windows; " \
+          f"slope {s['rss']['slope_mb_per_min']:+.1f} MB/min)" if s["rss"] else ""
     return (f"{s['shape']}: {s['requests']} requests, {s['failures']} failed, p50 {s['p50_ms']:.0f} ms, "
             f"p95 {s['p95_ms']:.0f} ms, {s['rps']:.2f} req/s{rss}; exit {s['exit_code']}")
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
-from export.record import interpolate, read_record
+from export.record import interpolate, predicted_entries, predicted_entry, read_record
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
 from serving import metrics
@@ -56,19 +56,21 @@ def select_backend(bundle: ModelBundle, cfg: ServeConfig) -> LoadedDenoiser:
 
 
 def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int, threads: int) -> dict[int, float]:
-    """Search-time per-step predictions for this backend, keyed by batch size. Empty if unrecorded, or if
-    the table was timed with another thread count (a 2-thread figure says nothing about 1 thread)."""
+    """Search-time per-step predictions for this backend and thread count, keyed by batch size. Empty if
+    unrecorded: a table timed with another thread count says nothing about this one."""
     if model_dir is None:
         return {}
-    recorded = read_record(model_dir).get("predicted", {})  # read once, not once per batch size
+    record = read_record(model_dir)  # read once, not once per batch size
     keys = [loaded.label] + ([loaded.backend] if loaded.variant in ("fp32", "fp16") else [])
-    entry = next((recorded[k] for k in keys if k in recorded and recorded[k].get("seconds")), None)
-    if entry and entry.get("threads") not in (None, threads):
-        log.warning("no step-latency prediction: the model's table was timed with %s runtime threads, this "
-                    "worker runs %d (profile a table at this count and srnas deploy --lut it)",
-                    entry["threads"], threads)
+    entry = predicted_entry(record, keys, threads)
+    if entry is None:
+        other = sorted({e.get("threads") for k in keys for e in predicted_entries(record, k)})
+        if other:
+            log.warning("no step-latency prediction: the model's tables were timed with %s runtime threads, this "
+                        "worker runs %d (profile a table at this count and srnas deploy --lut it)",
+                        "/".join(map(str, other)), threads)
         return {}
-    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
+    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)}
 
 
 def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> None:

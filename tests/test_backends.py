@@ -88,8 +88,11 @@ def test_record_interpolates_and_guards_variants(nas_copy):
     assert interpolate(table, 16) == pytest.approx(0.085)  # along the last segment
     assert interpolate({"1": 0.01}, 3) == pytest.approx(0.03) and interpolate({}, 3) is None
     assert predicted_step_seconds(nas_copy, "onnxruntime", 1) is None
-    update_record(nas_copy, "predicted", "onnxruntime", {"seconds": table})
-    assert predicted_step_seconds(nas_copy, "onnxruntime", 2) == pytest.approx(0.015)
+    update_record(nas_copy, "predicted", "onnxruntime@2t", {"threads": 2, "seconds": table})
+    update_record(nas_copy, "predicted", "onnxruntime@1t", {"threads": 1, "seconds": {"1": 0.02}})
+    assert predicted_step_seconds(nas_copy, "onnxruntime", 2) == pytest.approx(0.015)  # any count: the first
+    assert predicted_step_seconds(nas_copy, "onnxruntime", 2, threads=1) == pytest.approx(0.04)
+    assert predicted_step_seconds(nas_copy, "onnxruntime", 1, threads=4) is None
     (nas_copy / "model.int8.onnx").write_bytes(b"x")
     update_record(nas_copy, "variants", "int8", {"file": "model.int8.onnx", "psnr_drop_db": 0.3})
     assert servable_variant(nas_copy, "int8") == "fp32"  # over the 0.1 dB budget
@@ -110,8 +113,8 @@ def test_deploy_int8_records_quality_and_prediction(run_srnas, nas_copy):
     q = onnx.load(str(nas_copy / "model.int8.onnx"))
     onnx.checker.check_model(q)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
-    pred = rec["predicted"]["onnxruntime"]["seconds"]
-    assert rec["predicted"]["onnxruntime"]["threads"] == 2  # the shipped table's; serving checks it
+    pred = rec["predicted"]["onnxruntime@2t"]["seconds"]  # keyed by the shipped table's thread count
+    assert rec["predicted"]["onnxruntime@2t"]["threads"] == 2
     meta = json.loads((NAS / "config.json").read_text())["meta"]["arch"]["predicted"]["latency_per_step_s"]
     assert pred["1"] == pytest.approx(next(iter(meta.values())), rel=0.2)  # the search-time prediction, corrected
     bundle = load_model(nas_copy)

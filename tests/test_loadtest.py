@@ -135,12 +135,17 @@ def test_payloads_are_real_pngs_of_the_configured_size():
         images.payload(config.ImageSpec("skimage:no_such_photo"))
 
 
-def test_rss_growth_uses_the_first_sample_after_warm_up():
+def test_rss_growth_compares_window_medians_after_warm_up():
     mb = 2**20
-    samples = [(0, 100 * mb), (10, 180 * mb), (20, 200 * mb), (40, 204 * mb), (60, 206 * mb)]
-    g = rss_growth(samples, baseline_s=20)
-    assert g["baseline_mb"] == 200 and g["end_mb"] == 206 and g["peak_mb"] == 206
-    assert g["growth"] == pytest.approx(0.03)
+    # warm-up to 200 MB, then a +-10 MB swing around a plateau: a point-to-point growth would read +10 %
+    swing = [(20 + 2 * i, (200 + (10 if i % 2 else -10)) * mb) for i in range(40)]
+    samples = [(0, 100 * mb), (10, 180 * mb)] + swing[:-1] + [(98, 210 * mb)]
+    g = rss_growth(samples, baseline_s=20, window_s=20)
+    assert g["baseline_mb"] == 200 and g["end_mb"] == 200 and g["peak_mb"] == 210 and g["start_mb"] == 100
+    assert g["growth"] == pytest.approx(0.0) and abs(g["slope_mb_per_min"]) < 2
+    leak = [(t, r + int(t * mb)) for t, r in samples]  # +1 MB/s after warm-up shows in both measures
+    g = rss_growth(leak, baseline_s=20, window_s=20)
+    assert g["growth"] == pytest.approx((289 - 229) / 229, rel=0.02) and g["slope_mb_per_min"] == pytest.approx(60, rel=0.1)
 
 
 class StandIn(BaseHTTPRequestHandler):
