@@ -18,8 +18,6 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
-
 from loadtest import config
 from loadtest.server import ROOT, rss_bytes, serve
 
@@ -59,7 +57,7 @@ def rss_growth(samples: list[tuple[float, int]], baseline_s: float, window_s: fl
     t0, t_end = after[0][0], after[-1][0]
     base = statistics.median(r for t, r in after if t < t0 + window_s)
     end = statistics.median(r for t, r in after if t > t_end - window_s)
-    slope = float(np.polyfit([t for t, _ in after], [r for _, r in after], 1)[0] * 60) if len(after) > 2 else 0.0
+    slope = statistics.linear_regression(*zip(*after)).slope * 60 if len(after) > 2 else 0.0
     return {"baseline_mb": base, "end_mb": end, "peak_mb": max(r for _, r in mb), "start_mb": mb[0][1],
             "baseline_at_s": t0, "window_s": window_s, "growth": end / base - 1, "slope_mb_per_min": slope}
 
