@@ -1,7 +1,8 @@
 """Serving configuration: one dataclass, read from SRNAS_* environment variables.
 
-Workers x runtime threads must fit the CPU quota of the container; by default one worker takes
-every CPU, which also gives adaptive batching the most tiles to combine.
+Workers x runtime threads must fit the CPU quota of the container. By default each CPU gets a worker
+with one runtime thread: on 2 cores that serves 16 clients at 2.0x one client's rate, where one worker
+with 2 threads gains nothing (its event loop competes with the runtime for the same cores; BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ class ServeConfig:
     model_tag: str = DEFAULT_MODEL_TAG
     backend: str = "auto"  # auto: TensorRT engine when present, else ONNX Runtime, torch if that fails
     variant: str = "fp32"
-    workers: int = 0  # 0: derived from the CPU quota and threads
-    threads: int = 0  # runtime threads per worker; 0: derived
+    workers: int = 0  # 0: the CPU quota // threads
+    threads: int = 0  # runtime threads per worker; 0: 1, or the quota // workers when workers is set
     max_batch_size: int = 16  # tiles per network call (BentoML adaptive batching)
     max_latency_ms: int = 30000  # BentoML drops (503) a tile job that would wait longer than this
     max_inflight_requests: int = 16  # per worker; past it: 503 + Retry-After
@@ -75,7 +76,7 @@ class ServeConfig:
             raise UserError(f"SRNAS_WORKERS x SRNAS_THREADS = {self.workers * self.threads} exceeds the "
                             f"{quota} CPUs this container may use")
         if not self.workers:
-            self.workers = max(1, quota // self.threads) if self.threads else 1
+            self.workers = max(1, quota // (self.threads or 1))
         if not self.threads:
             self.threads = max(1, quota // self.workers)
         if self.workers * self.threads > quota:

@@ -22,6 +22,7 @@ REQUESTED_STEPS = Histogram("sr_requested_steps", "Denoising steps asked for per
                             buckets=COUNT_BUCKETS)
 INFLIGHT = Gauge("sr_inflight_requests", "/upscale requests being processed (HPA custom metric)",
                  multiprocess_mode="livesum")
+WORKERS_READY = Gauge("sr_workers_ready", "Workers with the model loaded and warmed up", multiprocess_mode="livesum")
 
 
 def _registry():
@@ -33,6 +34,11 @@ def _registry():
         MultiProcessCollector(reg)
         return reg
     return REGISTRY
+
+
+def workers_ready() -> int:
+    """How many workers have the model loaded (summed over all workers' samples)."""
+    return int(sum(s.value for m in _registry().collect() if m.name == "sr_workers_ready" for s in m.samples))
 
 
 def step_latency_summary() -> dict[str, dict[str, dict[str, float]]]:

@@ -100,12 +100,15 @@ class SRNAS:
     def _load(self) -> None:
         try:
             self.served = load_served(self.model_dir, CFG)
+            metrics.WORKERS_READY.set(1)
         except Exception as exc:  # /livez turns false, so the orchestrator restarts us
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")
 
     def __is_ready__(self) -> bool:
-        return self.served is not None
+        # /readyz reaches any one worker: ready only once every worker has the model, so that no request
+        # after a true /readyz meets a worker that is still loading
+        return self.served is not None and metrics.workers_ready() >= CFG.workers
 
     def __is_alive__(self) -> bool:
         return self.load_error is None

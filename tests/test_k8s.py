@@ -103,9 +103,13 @@ def test_probes_resources_and_threads(overlay):
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, "model load needs >= 5 min"
     for key in ("cpu", "memory"):
         assert key in c["resources"]["requests"] and key in c["resources"]["limits"]
-    threads = env(overlay)["SRNAS_THREADS"]["valueFrom"]["resourceFieldRef"]
-    assert threads["resource"] == "limits.cpu" and threads["divisor"] == "1"
-    assert env(overlay)["SRNAS_WORKERS"]["value"].isdigit()
+    # CPU: a worker of one thread per CPU of the limit; GPU: one worker (one engine) with the limit's threads
+    per_cpu, fixed = ("SRNAS_WORKERS", "SRNAS_THREADS") if overlay == "cpu" else ("SRNAS_THREADS", "SRNAS_WORKERS")
+    ref = env(overlay)[per_cpu]
+    assert set(ref) == {"name", "valueFrom"}
+    assert ref["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert ref["valueFrom"]["resourceFieldRef"]["divisor"] == "1"
+    assert set(env(overlay)[fixed]) == {"name", "value"} and env(overlay)[fixed]["value"] == "1"
 
 
 def test_gpu_overlay_selects_tensorrt_on_gpu_nodes():

@@ -8,7 +8,8 @@ from serving.config import ServeConfig
 
 
 @pytest.mark.parametrize("quota,workers,threads,want", [
-    (2, 0, 0, (1, 2)),  # default: one worker takes every CPU (largest batches)
+    (2, 0, 0, (2, 1)),  # default: a worker of one runtime thread per CPU
+    (8, 0, 0, (8, 1)),
     (8, 4, 0, (4, 2)),
     (8, 0, 2, (4, 2)),
     (8, 3, 0, (3, 2)),
