@@ -30,7 +30,7 @@ serve: install
 	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
 
 test: install-test
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -rs --durations=10
 
 # Locust against a freshly started `bentoml serve` (SHAPE = ramp | soak | spike | smoke | observe from
 # loadtest/config.yaml); CSV, HTML and summary.json in $(LOAD_OUT), non-zero exit on an SLO breach.
