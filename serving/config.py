@@ -1,7 +1,7 @@
 """Serving configuration: one dataclass, read from SRNAS_* environment variables.
 
 Workers x runtime threads must fit the CPU quota of the container. By default each CPU gets a worker
-with one runtime thread: on 2 cores that serves 16 clients at 2.0x one client's rate, where one worker
+with one runtime thread: on 2 cores that serves 16 clients at 1.7-2.0x one client's rate, where one worker
 with 2 threads gains nothing (its event loop competes with the runtime for the same cores; BENCHMARKS.md).
 """
 from __future__ import annotations
