@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.server import serve
 
@@ -39,18 +40,23 @@ def png(side: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-HISTOGRAMS = {"step": ("sr_denoise_step_seconds", 'batch_size="1"'),  # network calls at batch 1
-              "request": ("bentoml_service_request_duration_seconds", 'endpoint="/upscale",http_response_code="200"')}
+HISTOGRAMS = {"step": ("sr_denoise_step_seconds", {"batch_size": "1"}),  # network calls at batch 1
+              "request": ("bentoml_service_request_duration_seconds",
+                          {"endpoint": "/upscale", "http_response_code": "200"})}
 
 
 def totals(url: str) -> dict[str, dict[str, float]]:
     """(sum, count) of each histogram in HISTOGRAMS, over the label sets that match (summed over backends)."""
     out = {k: {"sum": 0.0, "count": 0.0} for k in HISTOGRAMS}
-    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        for k, (name, labels) in HISTOGRAMS.items():
-            for key in ("sum", "count"):
-                if line.startswith(f"{name}_{key}{{") and labels in line:
-                    out[k][key] += float(line.rsplit(" ", 1)[1])
+    wanted = {name: (k, labels) for k, (name, labels) in HISTOGRAMS.items()}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+        if family.name not in wanted:
+            continue
+        k, labels = wanted[family.name]
+        for s in family.samples:
+            key = s.name.removeprefix(family.name + "_")  # _sum, _count (buckets are left out)
+            if key in out[k] and labels.items() <= s.labels.items():
+                out[k][key] += s.value
     return out
 
 
