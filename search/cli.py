@@ -644,6 +644,28 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ablate --------------------------------------------------------------------------------
+def _add_ablate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ablate", help="quality-recipe ablation: one factor of the training recipe changed per run, "
+                                      "scored at few steps; writes the table into BENCHMARKS.md")
+    p.add_argument("--config", default="search/recipes/ablation-tiny.yaml", help="recipe, budget and variants")
+    p.add_argument("--out", help="run folder (default: the config's, runs/ablation)")
+    p.add_argument("--variants", type=_str_list, help="only these variants (the recipe always runs: the reference)")
+    p.add_argument("--markdown", help="file for the table (default: BENCHMARKS.md; OUT/ablation.md if --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in seconds")
+    p.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from search.ablation import AblationConfig, run, with_variants
+
+    cfg = with_variants(AblationConfig.load(args.config, out=args.out, markdown=args.markdown,
+                                            quick=args.quick or None), args.variants)
+    path, rows = run(cfg)
+    print(f"{len(rows)} rows; table written to {path}")
+    return 0
+
+
 # ---- entry point ---------------------------------------------------------------------------
 def _threads(n: int) -> None:
     if n:
@@ -656,7 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
-                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench, _add_pipeline):
+                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench, _add_pipeline, _add_ablate):
         add(sub)
     return parser
 
