@@ -70,7 +70,7 @@ def variant_config(cfg: AblationConfig, name: str):  # -> TrainConfig
     if cfg.arch_from:
         from models.checkpoint import load_model
 
-        base["preset"] = load_model(cfg.arch_from).preset
+        base["preset"] = load_model(ROOT / cfg.arch_from).preset
         base["unet_overrides"] = {**base["unet_overrides"], "arch": _arch(cfg.arch_from)}
     changes = {**cfg.budget, **cfg.variants[name], **(QUICK if cfg.quick else {})}
     if cfg.quick and "iters" in cfg.variants[name]:  # length variants keep their ratio to the budget
