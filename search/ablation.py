@@ -5,10 +5,9 @@ same validation crops. Every variant resumes from its own checkpoint; a finished
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,10 @@ class AblationConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "AblationConfig":
-        import yaml
-
+        data = _read_yaml(Path(path), f"{path}: cannot read ablation config")
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
             cfg = cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
-        except (OSError, yaml.YAMLError, TypeError) as exc:
+        except TypeError as exc:
             raise UserError(f"{path}: cannot read ablation config ({exc})") from None
         if "recipe" not in cfg.variants:
             raise UserError(f"{path}: the variants need a 'recipe' entry (no change) to compare against")
@@ -66,12 +63,12 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 def variant_config(cfg: AblationConfig, name: str):  # -> TrainConfig
     from search.train import TrainConfig
 
-    base = TrainConfig.from_dict(_read_recipe(cfg.recipe)).to_dict()
-    if cfg.arch_from:
-        from models.checkpoint import load_model
-
-        base["preset"] = load_model(ROOT / cfg.arch_from).preset
-        base["unet_overrides"] = {**base["unet_overrides"], "arch": _arch(cfg.arch_from)}
+    recipe = _read_yaml(ROOT / cfg.recipe, f"ablation: cannot read the recipe {cfg.recipe}")
+    base = TrainConfig.from_dict(recipe).to_dict()
+    if cfg.arch_from:  # the model's config.json names its preset and searched arch: no weights needed
+        model = json.loads((ROOT / cfg.arch_from / "config.json").read_text(encoding="utf-8"))
+        base["preset"] = model["preset"]
+        base["unet_overrides"] = {**base["unet_overrides"], "arch": model["unet"]["arch"]}
     changes = {**cfg.budget, **cfg.variants[name], **(QUICK if cfg.quick else {})}
     if cfg.quick and "iters" in cfg.variants[name]:  # length variants keep their ratio to the budget
         changes["iters"] = max(1, round(QUICK["iters"] * cfg.variants[name]["iters"] / cfg.budget.get("iters", 1)))
@@ -83,17 +80,13 @@ def variant_config(cfg: AblationConfig, name: str):  # -> TrainConfig
         raise UserError(f"ablation variant {name!r}: {exc}") from None
 
 
-def _read_recipe(path: str) -> dict[str, Any]:
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     import yaml
 
     try:
-        return yaml.safe_load((ROOT / path).read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"ablation: cannot read the recipe {path} ({exc})") from None
-
-
-def _arch(model_dir: str) -> dict[str, str]:
-    return json.loads((ROOT / model_dir / "config.json").read_text(encoding="utf-8"))["unet"]["arch"]
+        raise UserError(f"{what} ({exc})") from None
 
 
 def _scores(bundle, cfg: AblationConfig) -> dict[str, Any]:
@@ -191,6 +184,4 @@ def with_variants(cfg: AblationConfig, names: list[str] | None) -> AblationConfi
     unknown = [n for n in names if n not in cfg.variants]
     if unknown:
         raise UserError(f"unknown variant(s) {', '.join(unknown)}; the config has {', '.join(cfg.variants)}")
-    cfg = copy.copy(cfg)
-    cfg.variants = {n: v for n, v in cfg.variants.items() if n == "recipe" or n in names}
-    return cfg
+    return replace(cfg, variants={n: v for n, v in cfg.variants.items() if n == "recipe" or n in names})
