@@ -80,7 +80,11 @@ def run_load(server, jobs: list[tuple[bytes, dict]], concurrency: int) -> list[t
         return list(pool.map(lambda j: upscale(server, j[0], **j[1]), jobs))
 
 
-LOAD_CONCURRENCY = int(os.environ.get("SRNAS_TEST_CONCURRENCY", "2"))  # clients in the steady-load check
+# Clients in the steady-load check. The test's own client shares the server's 2 CPUs here, so with 2
+# concurrent clients its CPU time lands inside the server's step timings: the ratio then ran 1.04-1.29 over
+# six runs (one CI failure). One client keeps the load steady without the test oversubscribing the host;
+# a larger host can raise it.
+LOAD_CONCURRENCY = int(os.environ.get("SRNAS_TEST_CONCURRENCY", "1"))
 MIXED = [{"steps": 1}, {"steps": 2, "sampler": "ddpm"}, {"steps": 3, "sampler": "ddim"}, {"steps": 2}]
 
 
