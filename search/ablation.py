@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
+from search.configfile import read_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- srnas ablation: start -->", "<!-- srnas ablation: end -->"
@@ -34,7 +35,7 @@ class AblationConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> "AblationConfig":
-        data = _read_yaml(Path(path), f"{path}: cannot read ablation config")
+        data = read_yaml(Path(path), f"{path}: cannot read ablation config")
         try:
             cfg = cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
         except TypeError as exc:
@@ -63,7 +64,7 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 def variant_config(cfg: AblationConfig, name: str):  # -> TrainConfig
     from search.train import TrainConfig
 
-    recipe = _read_yaml(ROOT / cfg.recipe, f"ablation: cannot read the recipe {cfg.recipe}")
+    recipe = read_yaml(ROOT / cfg.recipe, f"ablation: cannot read the recipe {cfg.recipe}")
     base = TrainConfig.from_dict(recipe).to_dict()
     if cfg.arch_from:  # the model's config.json names its preset and searched arch: no weights needed
         model = json.loads((ROOT / cfg.arch_from / "config.json").read_text(encoding="utf-8"))
@@ -78,15 +79,6 @@ def variant_config(cfg: AblationConfig, name: str):  # -> TrainConfig
         return TrainConfig.from_dict(base)
     except (TypeError, ValueError) as exc:
         raise UserError(f"ablation variant {name!r}: {exc}") from None
-
-
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{what} ({exc})") from None
 
 
 def _scores(bundle, cfg: AblationConfig) -> dict[str, Any]:

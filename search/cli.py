@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from models.errors import UserError
+from search.configfile import read_yaml
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -91,22 +92,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_search)
 
 
-def _read_yaml(path: str | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read config ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config fields")
-    return data
-
-
 def _config_fields(args: argparse.Namespace) -> dict[str, Any]:
-    base = _read_yaml(args.config)
+    base = read_yaml(args.config, f"{args.config}: cannot read config") if args.config else {}
     diff = dict(base.pop("diffusion", {}) or {})
     diff.update({k: getattr(args, k) for k in DIFFUSION_KEYS if getattr(args, k) is not None})
     base.update({k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None})
