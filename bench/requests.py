@@ -2,8 +2,12 @@
 server's overhead beyond the network, and throughput with many clients against one.
 
     python -m bench.requests [--model DIR] [--requests 40] [--clients 16] [--out bench/results/requests.json]
+    python -m bench.requests --versus SRNAS_SOLO_DIRECT=0 [--rounds 8] [--out bench/results/requests-versus.json]
 
 The server takes its settings from the environment as usual (e.g. SRNAS_WORKERS=2 SRNAS_THREADS=1).
+`--versus VAR=VALUE[,VAR=VALUE]` starts a second server with those settings beside the first and sends
+one client's sequential requests to both in alternating blocks, so that the machine's drift (a noisy
+2-core VM) falls on both alike: the two overheads are a paired comparison from one run.
 
 Overhead = median request latency (one client, sequential) - steps x mean observed step latency at
 batch 1 (from the server's own sr_denoise_step_seconds histogram over the same requests). The server-side
@@ -19,6 +23,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -42,7 +47,8 @@ def png(side: int, seed: int) -> bytes:
 
 HISTOGRAMS = {"step": ("sr_denoise_step_seconds", {"batch_size": "1"}),  # network calls at batch 1
               "request": ("bentoml_service_request_duration_seconds",
-                          {"endpoint": "/upscale", "http_response_code": "200"})}
+                          {"endpoint": "/upscale", "http_response_code": "200"}),
+              "queue_wait": ("sr_queue_wait_seconds", {})}  # tile queued -> its batch starts
 
 
 def totals(url: str) -> dict[str, dict[str, float]]:
@@ -72,6 +78,34 @@ def timed_post(client: httpx.Client, url: str, data: bytes) -> float:
     return time.perf_counter() - t0
 
 
+def one_client(url: str, before: dict, after: dict, latencies: list[float], steps: int) -> dict:
+    """One client's figures from its sequential latencies and the server's histograms over them."""
+    step_s, server_s = mean_between(before, after, "step"), mean_between(before, after, "request")
+    p50 = statistics.median(latencies)
+    return {"p50_s": p50, "p95_s": float(np.percentile(latencies, 95)), "images_per_s": len(latencies) / sum(latencies),
+            "mean_step_s_batch1": step_s, "overhead_s": p50 - steps * step_s,
+            "queue_wait_s": mean_between(before, after, "queue_wait"),
+            # the same, timed inside the server (BentoML's request histogram): without the client and the socket
+            "server_mean_s": server_s, "server_overhead_s": server_s - steps * step_s}
+
+
+def paired(urls: list[str], rounds: int, block: int, side: int = 64) -> list[dict]:
+    """Sequential requests from one client, `block` at a time to each server in turn, `rounds` times."""
+    images = [png(side, i) for i in range(block)]
+    latencies: list[list[float]] = [[] for _ in urls]
+    with httpx.Client() as client:
+        for url in urls:
+            for data in images[:3]:
+                timed_post(client, url, data)
+        steps = [int(client.get(url + "/info", timeout=30).json()["defaults"]["steps"]) for url in urls]
+        before = [totals(url) for url in urls]
+        for _ in range(rounds):
+            for i, url in enumerate(urls):
+                latencies[i] += [timed_post(client, url, data) for data in images]
+        after = [totals(url) for url in urls]
+    return [one_client(url, b, a, lat, n) for url, b, a, lat, n in zip(urls, before, after, latencies, steps)]
+
+
 def measure(url: str, requests: int, clients: int, side: int = 64) -> dict:
     images = [png(side, i) for i in range(requests)]
     with httpx.Client() as client:
@@ -82,26 +116,39 @@ def measure(url: str, requests: int, clients: int, side: int = 64) -> dict:
         after = totals(url)
         info = client.get(url + "/info", timeout=30).json()
     steps = int(info["defaults"]["steps"])
-    step_s, server_s = mean_between(before, after, "step"), mean_between(before, after, "request")
+    one = one_client(url, before, after, single, steps)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool, httpx.Client(limits=httpx.Limits(max_connections=clients)) as client:
         many = list(pool.map(lambda d: timed_post(client, url, d), images * 3))
     wall = time.perf_counter() - t0
-    one_client_rate = len(single) / sum(single)
     return {"model": info["path"], "backend": info["backend"]["label"], "defaults": info["defaults"],
             "workers": info["limits"]["workers"], "threads": info["limits"]["threads"],
-            "tile_batching": info["limits"]["tile_batching"],
+            "tile_batching": info["limits"]["tile_batching"], "solo_direct": info["limits"].get("solo_direct"),
             "input": f"{side}x{side}", "requests": requests,
-            "single": {"p50_s": statistics.median(single), "p95_s": float(np.percentile(single, 95)),
-                       "images_per_s": one_client_rate},
-            "mean_step_s_batch1": step_s, "steps": steps,
-            "predicted_step_s_batch1": info["predicted_step_seconds"].get("1"),
-            "overhead_s": statistics.median(single) - steps * step_s,
-            # the same, timed inside the server (BentoML's request histogram): without the client and the socket
-            "server_mean_s": server_s, "server_overhead_s": server_s - steps * step_s,
+            "single": {k: one.pop(k) for k in ("p50_s", "p95_s", "images_per_s")},
+            "steps": steps, "predicted_step_s_batch1": info["predicted_step_seconds"].get("1"), **one,
             "concurrent": {"clients": clients, "p50_s": statistics.median(many),
                            "p95_s": float(np.percentile(many, 95)), "images_per_s": len(many) / wall,
-                           "ratio_to_one_client": len(many) / wall / one_client_rate}}
+                           "ratio_to_one_client": len(many) / wall / (len(single) / sum(single))}}
+
+
+def settings(text: str) -> dict[str, str]:
+    """VAR=VALUE[,VAR=VALUE] -> {VAR: VALUE}."""
+    pairs = [kv.split("=", 1) for kv in text.split(",") if kv.strip()]
+    if not pairs or any(len(kv) != 2 or not kv[0].startswith("SRNAS_") for kv in pairs):
+        raise ValueError(f"--versus takes SRNAS_VAR=VALUE[,SRNAS_VAR=VALUE], got {text!r}")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def versus(model: str | None, other: dict[str, str], rounds: int, block: int) -> dict:
+    """Paired one-client figures: this environment's server against one with `other` settings."""
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        servers = [stack.enter_context(serve(Path(tmp) / name, extra_env=env, model_dir=model))
+                   for name, env in (("a", {}), ("b", other))]
+        a, b = paired([s.url for s in servers], rounds, block)
+    return {"input": "64x64", "rounds": rounds, "block": block, "this": a, "versus": {"settings": other, **b},
+            "overhead_difference_s": b["overhead_s"] - a["overhead_s"],
+            "server_overhead_difference_s": b["server_overhead_s"] - a["server_overhead_s"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,14 +156,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--requests", type=int, default=40)
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--out", default="bench/results/requests.json")
+    p.add_argument("--out", help="default: bench/results/requests.json, or requests-versus.json with --versus")
+    p.add_argument("--versus", metavar="VAR=VALUE[,VAR=VALUE]", help="paired comparison with a second server")
+    p.add_argument("--rounds", type=int, default=8, help="--versus: alternating blocks per server")
     args = p.parse_args(argv)
-    if args.requests < 1 or args.clients < 1:
-        p.error("--requests and --clients must be >= 1")
+    if args.requests < 1 or args.clients < 1 or args.rounds < 1:
+        p.error("--requests, --clients and --rounds must be >= 1")
+    if args.versus is not None:
+        try:
+            other = settings(args.versus)
+        except ValueError as exc:
+            p.error(str(exc))
+        return write(versus(args.model, other, args.rounds, args.requests),
+                     args.out or "bench/results/requests-versus.json")
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), model_dir=args.model) as server:
         report = measure(server.url, args.requests, args.clients)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return write(report, args.out or "bench/results/requests.json")
+
+
+def write(report: dict, out: str) -> int:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

@@ -37,12 +37,16 @@ class BatchedCall:
         self._infer: Callable[..., Awaitable[Any]] | None = None
         self.path: str | None = None  # known after the first call (the self-proxy exists only once serving)
 
-    async def __call__(self, items: list) -> list:
+    def resolve(self) -> str:
+        """Which way chunks go (the self-proxy exists only once serving, so this is asked late)."""
         if self.path is None:
             self._infer = _batch_infer(self.instance, self.api)
             self.path = IN_PROCESS if self._infer else HTTP
             if self._infer is None:
                 log.warning("BentoML's batch dispatcher not found; tiles go through the HTTP self-proxy")
-        if self._infer is not None:
+        return self.path
+
+    async def __call__(self, items: list) -> list:
+        if self.resolve() == IN_PROCESS:
             return await self._infer(self.api, (items,), {})
         return await getattr(self.instance.to_async, self.api)(items)

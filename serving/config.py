@@ -57,6 +57,7 @@ class ServeConfig:
     overlap: int = 16  # HR px shared by neighbouring tiles
     dispatch_poll_ms: float = 1.0  # how often BentoML's batch dispatcher polls while a batch runs
     cpu_gate: int = 1  # 1: image decoding/encoding never overlaps a network call (no CPU contention)
+    solo_direct: int = 1  # 1: a request alone in its worker skips the batch dispatcher (nothing to batch with)
     png_level: int = 1  # zlib level of the answer: 1 encodes ~2x faster than Pillow's 6 for ~10% more bytes
     limits: Limits = field(default_factory=Limits)
 

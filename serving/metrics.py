@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, REGISTRY
 
 STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10)
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -18,6 +18,7 @@ PREDICTED_STEP = Gauge("sr_predicted_step_seconds", "Search-time (lookup table) 
 REQUEST_TILES = Histogram("sr_request_tiles", "128x128 HR tiles per /upscale request", buckets=COUNT_BUCKETS)
 QUEUE_WAIT = Histogram("sr_queue_wait_seconds", "Time a tile job waited before its batch started",
                        buckets=WAIT_BUCKETS)
+SOLO_DIRECT = Counter("sr_solo_direct_requests", "Requests alone in their worker, run without the batch dispatcher")
 REQUESTED_STEPS = Histogram("sr_requested_steps", "Denoising steps asked for per /upscale request",
                             buckets=COUNT_BUCKETS)
 INFLIGHT = Gauge("sr_inflight_requests", "/upscale requests being processed (HPA custom metric)",

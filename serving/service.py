@@ -119,7 +119,7 @@ class SRNAS:
                 "min_side": lim.min_side, "max_steps": lim.max_steps, "max_batch_size": CFG.max_batch_size,
                 "max_latency_ms": CFG.max_latency_ms, "workers": CFG.workers, "threads": CFG.threads,
                 "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles,
-                "tile_batching": self.denoise_batched.path}
+                "tile_batching": self.denoise_batched.resolve(), "solo_direct": bool(CFG.solo_direct)}
 
     @bentoml.api(route="/upscale")
     async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
@@ -181,7 +181,13 @@ class SRNAS:
             jobs = [TileJob.of(r, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
                     for r, s in zip(refs, tile_seeds(seed, len(tiles)))]
             n = CFG.max_batch_size
-            await asyncio.gather(*(self.denoise_batched(jobs[i: i + n]) for i in range(0, len(jobs), n)))
+            if CFG.solo_direct and self.admission.requests == 1 and len(jobs) <= n:
+                # alone in this worker: BentoML's dispatcher would only hold the tiles for company that
+                # is not there (its learned wait), so run them at once; concurrent requests still batch
+                metrics.SOLO_DIRECT.inc()
+                await anyio.to_thread.run_sync(self._run_tiles, jobs)
+            else:
+                await asyncio.gather(*(self.denoise_batched(jobs[i: i + n]) for i in range(0, len(jobs), n)))
             return np.stack([STORE.get(r).result for r in refs])
         finally:  # also when the client goes away mid-request: nothing stays behind
             STORE.drop(refs)
@@ -190,6 +196,9 @@ class SRNAS:
                  max_latency_ms=CFG.max_latency_ms)
     def denoise_tiles(self, jobs: list[TileJob]) -> list[bool]:
         """Internal: sample tiles that /upscale in this worker holds (by reference), batched across requests."""
+        return self._run_tiles(jobs)
+
+    def _run_tiles(self, jobs: list[TileJob]) -> list[bool]:
         served = self.served
         if served is None:
             raise bentoml.exceptions.ServiceUnavailable("model is loading")

@@ -229,10 +229,29 @@ def test_metrics_exposed(server):
     decoded(post(server, png(photo(40, 40)), steps=2))
     text = httpx.get(server.url + "/metrics").text
     for name in ("sr_denoise_step_seconds_bucket", "sr_request_tiles_bucket", "sr_queue_wait_seconds_bucket",
-                 "sr_requested_steps_bucket", "sr_inflight_requests", "bentoml_service_adaptive_batch_size_bucket",
+                 "sr_requested_steps_bucket", "sr_inflight_requests", "sr_solo_direct_requests_total",
                  "bentoml_service_request_total"):
         assert name in text, name
     assert 'sr_denoise_step_seconds_count{backend="onnxruntime-fp32",batch_size="1"}' in text
+
+
+def metric_total(server, name: str) -> float:
+    """A metric's value summed over its label sets (0 when it has no sample yet)."""
+    text = httpx.get(server.url + "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+def test_a_lone_request_skips_the_batch_dispatcher(server):
+    """One request alone in its worker runs at once (SRNAS_SOLO_DIRECT, the default): it counts in
+    sr_solo_direct_requests_total and never enters BentoML's adaptive batching, whose learned wait would
+    only hold it for company that is not there. Concurrent requests batching: tests/test_serving_load.py."""
+    assert httpx.get(server.url + "/info").json()["limits"]["solo_direct"] is True
+    solo, batches = (metric_total(server, n) for n in ("sr_solo_direct_requests_total",
+                                                       "bentoml_service_adaptive_batch_size_count"))
+    decoded(post(server, png(photo(40, 40)), steps=2))
+    assert metric_total(server, "sr_solo_direct_requests_total") == solo + 1
+    assert metric_total(server, "bentoml_service_adaptive_batch_size_count") == batches
 
 
 def test_streamed_body_over_the_limit_is_413(server):

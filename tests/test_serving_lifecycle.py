@@ -119,8 +119,10 @@ def test_two_workers_share_one_metrics_view(home, tmp_path):
     """SRNAS_WORKERS x SRNAS_THREADS = 2 x 1 on this quota (the default). /readyz, which any one worker
     answers, turns true only once both have the model, so no request after it meets a loading worker;
     /metrics adds up both workers' samples."""
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "2", "SRNAS_THREADS": "1", "SRNAS_WARMUP_RUNS": "20"},
-                tmp_path / "serve.log")
+    # SRNAS_SOLO_DIRECT=0: BentoML's per-worker batch metric counts only dispatched tiles, and a worker
+    # whose requests all arrived alone would otherwise be missing from it
+    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "2", "SRNAS_THREADS": "1", "SRNAS_WARMUP_RUNS": "20",
+                 "SRNAS_SOLO_DIRECT": "0"}, tmp_path / "serve.log")
     try:
         wait_ready(srv)
         n = 16

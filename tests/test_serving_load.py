@@ -174,3 +174,20 @@ def test_request_benchmark_measures_latency_overhead_and_throughput(server):
     assert report["server_overhead_s"] == report["server_mean_s"] - report["steps"] * report["mean_step_s_batch1"]
     assert report["concurrent"]["images_per_s"] > 0 and report["concurrent"]["clients"] == 2
     assert report["tile_batching"] == "bentoml-dispatcher"  # tiles reach BentoML's batcher without an HTTP hop
+    assert report["solo_direct"] is True and report["queue_wait_s"] >= 0
+
+
+def test_paired_benchmark_alternates_servers(server, capsys):
+    """--versus's paired mode: every figure from real requests, one set per server; bad settings exit 2."""
+    from bench.requests import main, paired
+
+    (one,) = paired([server.url], rounds=2, block=3)
+    assert 0 < one["mean_step_s_batch1"] < one["p50_s"] <= one["p95_s"]
+    steps = httpx.get(server.url + "/info").json()["defaults"]["steps"]
+    assert one["server_overhead_s"] == one["server_mean_s"] - steps * one["mean_step_s_batch1"]
+    assert one["overhead_s"] == one["p50_s"] - steps * one["mean_step_s_batch1"] and one["images_per_s"] > 0
+    for bad in ("WORKERS=2", "SRNAS_WORKERS", ""):
+        with pytest.raises(SystemExit) as exc:
+            main(["--versus", bad])
+        assert exc.value.code == 2
+    assert "SRNAS_VAR=VALUE" in capsys.readouterr().err
