@@ -1,7 +1,8 @@
 """End-to-end POST /upscale against a real `bentoml serve`: request latency at the default setting, the
 server's overhead beyond the network, and throughput with many clients against one.
 
-    python -m bench.requests [--model DIR] [--requests 40] [--clients 16] [--out bench/results/requests.json]
+    python -m bench.requests [--model DIR] [--requests 40] [--clients 16] [--concurrent 640] [--repeats 3]
+        [--out bench/results/requests.json]
     python -m bench.requests --versus SRNAS_SOLO_DIRECT=0 [--rounds 8] [--out bench/results/requests-versus.json]
 
 The server takes its settings from the environment as usual (e.g. SRNAS_WORKERS=2 SRNAS_THREADS=1).
@@ -106,30 +107,49 @@ def paired(urls: list[str], rounds: int, block: int, side: int = 64) -> list[dic
     return [one_client(url, b, a, lat, n) for url, b, a, lat, n in zip(urls, before, after, latencies, steps)]
 
 
-def measure(url: str, requests: int, clients: int, side: int = 64) -> dict:
+def measure(url: str, requests: int, clients: int, side: int = 64, concurrent: int | None = None,
+            repeats: int = 1) -> dict:
+    """`repeats` rounds of one client's sequential requests then `clients` concurrent ones (`concurrent`
+    requests in all, default 40 per client); each figure is the median over the rounds, so that the ratio
+    of the two phases is taken within a round and the VM's drift between rounds does not enter it."""
     images = [png(side, i) for i in range(requests)]
+    many_images = [images[i % requests] for i in range(concurrent or 40 * clients)]
+    rounds = []
     with httpx.Client() as client:
         for data in images[:3]:  # warm the connection and the service
             timed_post(client, url, data)
-        before = totals(url)
-        single = [timed_post(client, url, data) for data in images]
-        after = totals(url)
         info = client.get(url + "/info", timeout=30).json()
-    steps = int(info["defaults"]["steps"])
-    one = one_client(url, before, after, single, steps)
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool, httpx.Client(limits=httpx.Limits(max_connections=clients)) as client:
-        many = list(pool.map(lambda d: timed_post(client, url, d), images * 3))
-    wall = time.perf_counter() - t0
+        steps = int(info["defaults"]["steps"])
+        for _ in range(repeats):
+            before = totals(url)
+            single = [timed_post(client, url, data) for data in images]
+            one = one_client(url, before, totals(url), single, steps)
+            rounds.append({**one, **concurrent_load(url, many_images, clients)})
+    for r in rounds:
+        r["ratio_to_one_client"] = r["concurrent_images_per_s"] / r["images_per_s"]
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    med["overhead_s"] = med["p50_s"] - steps * med["mean_step_s_batch1"]  # consistent with the medians shown
+    med["server_overhead_s"] = med["server_mean_s"] - steps * med["mean_step_s_batch1"]
     return {"model": info["path"], "backend": info["backend"]["label"], "defaults": info["defaults"],
             "workers": info["limits"]["workers"], "threads": info["limits"]["threads"],
             "tile_batching": info["limits"]["tile_batching"], "solo_direct": info["limits"].get("solo_direct"),
-            "input": f"{side}x{side}", "requests": requests,
-            "single": {k: one.pop(k) for k in ("p50_s", "p95_s", "images_per_s")},
-            "steps": steps, "predicted_step_s_batch1": info["predicted_step_seconds"].get("1"), **one,
-            "concurrent": {"clients": clients, "p50_s": statistics.median(many),
-                           "p95_s": float(np.percentile(many, 95)), "images_per_s": len(many) / wall,
-                           "ratio_to_one_client": len(many) / wall / (len(single) / sum(single))}}
+            "input": f"{side}x{side}", "requests": requests, "repeats": repeats,
+            "single": {k: med.pop(k) for k in ("p50_s", "p95_s", "images_per_s")},
+            "steps": steps, "predicted_step_s_batch1": info["predicted_step_seconds"].get("1"),
+            **{k: v for k, v in med.items() if not k.startswith(("concurrent_", "ratio_"))},
+            "concurrent": {"clients": clients, "requests": len(many_images),
+                           **{k.removeprefix("concurrent_"): v for k, v in med.items() if k.startswith("concurrent_")},
+                           "ratio_to_one_client": med["ratio_to_one_client"]},
+            "ratios_per_round": [r["ratio_to_one_client"] for r in rounds]}
+
+
+def concurrent_load(url: str, images: list[bytes], clients: int) -> dict:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool, httpx.Client(limits=httpx.Limits(max_connections=clients)) as client:
+        many = list(pool.map(lambda d: timed_post(client, url, d), images))
+    wall = time.perf_counter() - t0
+    return {"concurrent_p50_s": statistics.median(many), "concurrent_p95_s": float(np.percentile(many, 95)),
+            "concurrent_images_per_s": len(many) / wall}
 
 
 def settings(text: str) -> dict[str, str]:
@@ -159,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="default: bench/results/requests.json, or requests-versus.json with --versus")
     p.add_argument("--versus", metavar="VAR=VALUE[,VAR=VALUE]", help="paired comparison with a second server")
     p.add_argument("--rounds", type=int, default=8, help="--versus: alternating blocks per server")
+    p.add_argument("--concurrent", type=int, help="requests in each concurrent phase (default: 40 per client)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds of (sequential, concurrent); medians are reported")
     args = p.parse_args(argv)
-    if args.requests < 1 or args.clients < 1 or args.rounds < 1:
-        p.error("--requests, --clients and --rounds must be >= 1")
+    if min(args.requests, args.clients, args.rounds, args.repeats, args.concurrent or 1) < 1:
+        p.error("--requests, --clients, --rounds, --repeats and --concurrent must be >= 1")
     if args.versus is not None:
         try:
             other = settings(args.versus)
@@ -170,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return write(versus(args.model, other, args.rounds, args.requests),
                      args.out or "bench/results/requests-versus.json")
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), model_dir=args.model) as server:
-        report = measure(server.url, args.requests, args.clients)
+        report = measure(server.url, args.requests, args.clients, concurrent=args.concurrent, repeats=args.repeats)
     return write(report, args.out or "bench/results/requests.json")
 
 

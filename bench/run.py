@@ -15,7 +15,7 @@ from tqdm import tqdm
 from bench.levels import by_level, levels_in_subprocess
 from bench.peak import peak_in_subprocess
 from bench.timing import CPU_BACKENDS, GPU_BACKENDS, TimingJob, gpu_missing, time_in_subprocess
-from export.record import predicted_entry, read_record
+from export.record import MAX_PSNR_DROP_DB, predicted_entry, read_record, servable_variant
 from export.runtime import cpu_quota
 
 
@@ -47,14 +47,18 @@ def available(backends: list[str], models: dict[str, str]) -> tuple[list[str], d
         why = gpu_missing(b) if b in GPU_BACKENDS else None
         if why:
             skipped[b] = why
-        elif b == "onnxruntime-int8" and not all((Path(d) / "model.int8.onnx").is_file() for d in models.values()):
-            skipped[b] = "a model folder has no model.int8.onnx (run `srnas deploy --model DIR --int8`)"
+        elif b == "onnxruntime-int8":
+            unservable = [n for n, d in models.items() if servable_variant(d, "int8") != "int8"]
+            if unservable:  # the loader refuses such a variant, as the server would
+                skipped[b] = (f"no servable int8 variant for {', '.join(unservable)}: none built, or it loses more "
+                              f"than {MAX_PSNR_DROP_DB} dB PSNR(Y) (`srnas deploy --model DIR --int8` measures it)")
     return [b for b in backends if b not in skipped], skipped
 
 
 def run(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from models.checkpoint import load_model
     from search.costs import count_flops, count_params
+    from search.latency import host_id
 
     threads = cfg.threads or cpu_quota()
     backends, skipped = available(cfg.backends, cfg.models)
@@ -75,7 +79,7 @@ def run(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
                  "gflops_per_s": flops[n] / timings[(name, b)][str(n)] / 1e9} for b in backends for n in cfg.batches]
         for r in rows:
             r["fraction_of_peak"] = r["gflops_per_s"] / peak
-        predicted = (predicted_entry(read_record(path), ["onnxruntime"], threads) or {}).get("seconds", {})
+        predicted = (predicted_entry(read_record(path), ["onnxruntime"], threads, host_id()) or {}).get("seconds", {})
         report["models"][name] = {
             "path": path, "params": count_params(bundle.net), "flops_per_step": flops[1], "served_steps": steps,
             "served_sampler": bundle.defaults["sampler"], "rows": rows, "predicted_onnxruntime": predicted,

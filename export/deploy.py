@@ -12,12 +12,13 @@ from typing import Any
 
 from export.backends import ONNX_FILES, ort_denoiser
 from export.onnx_export import export_unet
-from export.record import MAX_PSNR_DROP_DB, predicted_key, update_record
+from export.record import MAX_PSNR_DROP_DB, key_for, read_record, update_record
 from export.runtime import RuntimeConfig
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
 
-DEFAULT_LUT = Path(__file__).resolve().parents[1] / "search" / "luts" / "tiny-default-ort.json"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_LUT = ROOT / "search" / "luts" / "tiny-default-ort.json"
 
 
 @dataclass
@@ -42,6 +43,12 @@ def model_arch(bundle: ModelBundle, supernet) -> dict[str, str]:
     return arch
 
 
+def _shown(path: str | Path) -> str:
+    """A path inside the repository as it is written there, so deploy.json does not name this machine."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def predicted_from_lut(bundle: ModelBundle, lut: str | Path) -> dict[str, Any]:
     from models.config import preset
     from models.unet import UNet
@@ -60,7 +67,7 @@ def predicted_from_lut(bundle: ModelBundle, lut: str | Path) -> dict[str, Any]:
         seconds = {str(b): table.predict(arch, b) for b in sorted(table.fixed)}
     except KeyError as exc:
         raise UserError(f"{lut}: the model's network is outside the table ({exc})") from None
-    return {"source": str(lut), "host": table.meta["host"], "version": table.meta["version"],
+    return {"source": _shown(lut), "host": table.meta["host"], "version": table.meta["version"],
             "threads": table.meta.get("threads"), "corrected": sorted(str(b) for b in table.correction),
             "seconds": seconds}
 
@@ -88,7 +95,7 @@ def deploy(model_dir: str | Path, cfg: DeployConfig) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     if cfg.lut:
         pred = predicted_from_lut(bundle, cfg.lut)  # beside the tables of other thread counts, not over them
-        rec = update_record(path, "predicted", predicted_key("onnxruntime", pred["threads"]), pred)
+        rec = update_record(path, "predicted", key_for(read_record(path), "onnxruntime", pred), pred)
     if cfg.int8:
         from export.quantize import quantize_int8
 

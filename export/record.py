@@ -5,7 +5,8 @@ The server publishes the prediction beside what it observes, and picks a variant
 recorded PSNR loss is within the allowed budget.
 
     {"predicted": {"onnxruntime@2t": {"source": LUT path, "host": ..., "threads": 2, "seconds": {"1": s, "8": s}},
-                   "onnxruntime@1t": {...}},   # one prediction per backend and runtime thread count
+                   "onnxruntime@1t": {...},    # one prediction per backend and runtime thread count,
+                   "onnxruntime@1t@HOST": {...}},  # and per host where tables of several hosts exist
      "measured":  {"onnxruntime-fp32": {"host": ..., "seconds": {"1": s, ...}}, "torch": {...}},
      "variants":  {"int8": {"file": "model.int8.onnx", "psnr_db": x, "psnr_drop_db": d, "seconds": {...}}}}
 """
@@ -49,22 +50,35 @@ def interpolate(seconds: dict[str, float], batch: int) -> float | None:
     return float(ys[i] + slope * (batch - xs[i]))
 
 
-def predicted_key(backend: str, threads: int | None) -> str:
-    """Where deploy.json keeps the prediction for `backend` timed with `threads` runtime threads."""
-    return f"{backend}@{threads}t" if threads else backend
+def predicted_key(backend: str, threads: int | None, host: str | None = None) -> str:
+    """Where deploy.json keeps the prediction for `backend` timed with `threads` runtime threads; a table
+    timed on other hardware than the first one at that count goes beside it, keyed by its host too."""
+    key = f"{backend}@{threads}t" if threads else backend
+    return f"{key}@{host}" if host else key
+
+
+def key_for(record: dict[str, Any], backend: str, pred: dict[str, Any]) -> str:
+    """The key a new prediction takes: its thread count's, unless a table of another host holds it."""
+    key = predicted_key(backend, pred.get("threads"))
+    held = record.get("predicted", {}).get(key)
+    if held is not None and held.get("host") != pred.get("host"):
+        key = predicted_key(backend, pred.get("threads"), pred.get("host"))
+    return key
 
 
 def predicted_entries(record: dict[str, Any], backend: str) -> list[dict[str, Any]]:
-    """Every recorded prediction for `backend` (any thread count; a plain key is an older record's)."""
+    """Every recorded prediction for `backend` (any thread count or host; a plain key is an older record's)."""
     return [e for k, e in record.get("predicted", {}).items() if k.split("@")[0] == backend and e.get("seconds")]
 
 
-def predicted_entry(record: dict[str, Any], backends: list[str], threads: int | None) -> dict[str, Any] | None:
-    """The prediction for the first of `backends` timed with `threads` runtime threads (None: any)."""
+def predicted_entry(record: dict[str, Any], backends: list[str], threads: int | None,
+                    host: str | None = None) -> dict[str, Any] | None:
+    """The prediction for the first of `backends` timed with `threads` runtime threads (None: any), preferring
+    one timed on `host`: a lookup table holds for the hardware it was timed on."""
     for backend in backends:
-        for entry in predicted_entries(record, backend):
-            if threads is None or entry.get("threads") in (None, threads):
-                return entry
+        fits = [e for e in predicted_entries(record, backend) if threads is None or e.get("threads") in (None, threads)]
+        if fits:
+            return next((e for e in fits if e.get("host") == host), fits[0])
     return None
 
 

@@ -13,6 +13,7 @@ from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_den
 from export.record import interpolate, predicted_entries, predicted_entry, read_record
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
+from search.latency import host_id
 from serving import metrics
 from serving.config import ServeConfig
 
@@ -26,6 +27,7 @@ class Served:
     params: int
     flops_per_step: int
     predicted: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step
+    prediction_source: dict[str, Any] | None = None  # the table and the host it was timed on
     loaded_in_s: float = 0.0
 
     def describe(self) -> dict[str, Any]:
@@ -39,6 +41,7 @@ class Served:
                 "defaults": {"steps": d["steps"], "sampler": d["sampler"], "eta": d.get("eta", 0.0)},
                 "max_steps_model": self.bundle.diffusion.schedule.T,
                 "predicted_step_seconds": {str(b): s for b, s in sorted(self.predicted.items())},
+                "prediction_source": self.prediction_source,
                 "loaded_in_s": round(self.loaded_in_s, 3)}
 
 
@@ -58,19 +61,40 @@ def select_backend(bundle: ModelBundle, cfg: ServeConfig) -> LoadedDenoiser:
 def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int, threads: int) -> dict[int, float]:
     """Search-time per-step predictions for this backend and thread count, keyed by batch size. Empty if
     unrecorded: a table timed with another thread count says nothing about this one."""
+    return per_batch(prediction_entry(model_dir, loaded, threads), max_batch)
+
+
+def per_batch(entry: dict[str, Any] | None, max_batch: int) -> dict[int, float]:
+    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
+
+
+def prediction_source(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where the prediction was timed, beside this host: a table timed on other hardware does not hold here,
+    and /info and the log say so instead of leaving a user to guess why observed/predicted is off."""
+    if entry is None:
+        return None
+    here = host_id()
+    src = {"table": entry.get("source"), "timed_on": entry.get("host"), "threads": entry.get("threads"),
+           "this_host": here, "same_host": entry.get("host") == here}
+    if not src["same_host"]:
+        log.warning("the step-latency prediction was timed on %s, this worker runs on %s: expect observed/predicted "
+                    "away from 1 (srnas profile on this hardware, then srnas deploy --lut)", src["timed_on"], here)
+    return src
+
+
+def prediction_entry(model_dir: Path | None, loaded: LoadedDenoiser, threads: int) -> dict[str, Any] | None:
     if model_dir is None:
-        return {}
+        return None
     record = read_record(model_dir)  # read once, not once per batch size
     keys = [loaded.label] + ([loaded.backend] if loaded.variant in ("fp32", "fp16") else [])
-    entry = predicted_entry(record, keys, threads)
+    entry = predicted_entry(record, keys, threads, host_id())
     if entry is None:
         other = sorted({e.get("threads") for k in keys for e in predicted_entries(record, k)})
         if other:
             log.warning("no step-latency prediction: the model's tables were timed with %s runtime threads, this "
                         "worker runs %d (profile a table at this count and srnas deploy --lut it)",
                         "/".join(map(str, other)), threads)
-        return {}
-    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)}
+    return entry
 
 
 def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> None:
@@ -91,7 +115,8 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     if loaded.backend != "torch":  # torch only does the sampler's small element-wise glue between steps:
         torch.set_num_threads(1)  # its spinning worker threads would steal the runtime's CPUs
     warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
-    served = Served(bundle, loaded, params, flops, predictions(bundle.path, loaded, cfg.max_batch_size, cfg.threads))
+    entry = prediction_entry(bundle.path, loaded, cfg.threads)
+    served = Served(bundle, loaded, params, flops, per_batch(entry, cfg.max_batch_size), prediction_source(entry))
     for b, s in served.predicted.items():
         metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT, srnas_cmd
 
@@ -34,8 +35,9 @@ def test_each_variant_changes_only_its_factor(quick):
         diff = {k for k in recipe if recipe[k] != other[k]}
         assert diff == {"diffusion"}, diff
     assert _train(quick, "iters-500")["iters"] < recipe["iters"]
-    default_arch = json.loads((ROOT / "models/weights/default/config.json").read_text())["unet"]["arch"]
-    assert recipe["unet_overrides"]["arch"] == default_arch
+    arch_from = yaml.safe_load((ROOT / "search/recipes/ablation-tiny.yaml").read_text())["arch_from"]
+    ablated = json.loads((ROOT / arch_from / "config.json").read_text())["unet"]["arch"]
+    assert recipe["unet_overrides"]["arch"] == ablated and len(set(ablated.values())) > 2  # a searched arch
 
 
 def test_the_table_has_bicubic_and_every_variant(quick):

@@ -8,9 +8,11 @@ import onnx
 import pytest
 import torch
 
-from export.backends import BackendConfig, load_denoiser
+from bench.run import available
+from export.backends import BackendConfig, load_denoiser, ort_denoiser
 from export.onnx_export import to_onnx
-from export.record import interpolate, predicted_step_seconds, servable_variant, update_record
+from export.record import (interpolate, key_for, predicted_entry, predicted_step_seconds, read_record,
+                           servable_variant, update_record)
 from export.runtime import RuntimeConfig, ort_session
 from export.tensorrt import tensorrt_missing
 from models.checkpoint import load_model
@@ -93,13 +95,25 @@ def test_record_interpolates_and_guards_variants(nas_copy):
     assert predicted_step_seconds(nas_copy, "onnxruntime", 2) == pytest.approx(0.015)  # any count: the first
     assert predicted_step_seconds(nas_copy, "onnxruntime", 2, threads=1) == pytest.approx(0.04)
     assert predicted_step_seconds(nas_copy, "onnxruntime", 1, threads=4) is None
+    # a second host's table at one thread goes beside the first one's, and each host reads its own
+    rec = read_record(nas_copy)
+    mine, other = {"threads": 1, "host": "vm|B", "seconds": {"1": 0.005}}, {"threads": 1, "host": None}
+    assert key_for(rec, "onnxruntime", mine) == "onnxruntime@1t@vm|B"
+    assert key_for(rec, "onnxruntime", other) == "onnxruntime@1t"  # the same host (unnamed) replaces its own
+    rec = update_record(nas_copy, "predicted", key_for(rec, "onnxruntime", mine), mine)
+    assert predicted_entry(rec, ["onnxruntime"], 1, "vm|B")["seconds"]["1"] == 0.005
+    assert predicted_entry(rec, ["onnxruntime"], 1, "vm|C")["seconds"]["1"] == 0.02  # no table of its own: the first
+    assert predicted_entry(rec, ["onnxruntime"], 2, "vm|B")["seconds"]["1"] == 0.010
     (nas_copy / "model.int8.onnx").write_bytes(b"x")
     update_record(nas_copy, "variants", "int8", {"file": "model.int8.onnx", "psnr_drop_db": 0.3})
     assert servable_variant(nas_copy, "int8") == "fp32"  # over the 0.1 dB budget
+    runnable, skipped = available(["onnxruntime-fp32", "onnxruntime-int8"], {"nas": str(nas_copy)})
+    assert runnable == ["onnxruntime-fp32"] and "no servable int8 variant for nas" in skipped["onnxruntime-int8"]
     with pytest.raises(UserError, match="within the PSNR budget"):
         load_denoiser(load_model(nas_copy), BackendConfig("onnxruntime", "int8"))
     update_record(nas_copy, "variants", "int8", {"file": "model.int8.onnx", "psnr_drop_db": 0.05})
     assert servable_variant(nas_copy, "int8") == "int8"
+    assert available(["onnxruntime-int8"], {"nas": str(nas_copy)}) == (["onnxruntime-int8"], {})
 
 
 @pytest.mark.slow
@@ -119,10 +133,15 @@ def test_deploy_int8_records_quality_and_prediction(run_srnas, nas_copy):
     assert pred["1"] == pytest.approx(next(iter(meta.values())), rel=0.2)  # the search-time prediction, corrected
     bundle = load_model(nas_copy)
     x, level = _io(2)
-    int8 = load_denoiser(bundle, BackendConfig("onnxruntime", "int8", 2))
     ref = load_denoiser(bundle, BackendConfig("torch", "fp32", 2)).run(x, level)
-    err = (int8.run(x, level) - ref).abs().mean() / ref.abs().mean()
-    assert int8.label == "onnxruntime-int8" and 0 < err < 0.1  # quantized, and still close
+    quantized = ort_denoiser(nas_copy / "model.int8.onnx", RuntimeConfig(intra_threads=2))
+    err = (quantized(x, level) - ref).abs().mean() / ref.abs().mean()
+    assert 0 < err < 0.5  # quantized, not garbage (its PSNR cost, asserted above, is the real measure)
+    if v["servable"]:
+        assert load_denoiser(bundle, BackendConfig("onnxruntime", "int8", 2)).label == "onnxruntime-int8"
+    else:  # over the PSNR budget: the loader refuses it, as the server would
+        with pytest.raises(UserError, match="no int8 variant recorded within the PSNR budget"):
+            load_denoiser(bundle, BackendConfig("onnxruntime", "int8", 2))
 
 
 def test_tensorrt_export_fails_clearly_without_it(run_srnas, tmp_path):

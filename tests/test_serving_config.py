@@ -50,17 +50,35 @@ def test_bad_env_is_refused(monkeypatch, name, value):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_predictions_come_from_the_table_timed_at_the_workers_thread_count(threads):
-    """The shipped default has tables timed with 1 and 2 runtime threads; a 3-thread worker gets none."""
+    """The shipped default has tables timed with 1 and 2 runtime threads (1 thread on two hosts); a worker
+    reads the one of its thread count, timed on its own host where there is one; a 3-thread worker gets none."""
     from export.backends import LoadedDenoiser
     from export.record import predicted_entries, read_record
     from models.checkpoint import DEFAULT_MODEL_DIR
-    from serving.model import predictions
+    from search.latency import host_id
+    from serving.model import prediction_entry, prediction_source, predictions
 
-    tables = {e["threads"]: e for e in predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime")}
-    assert sorted(tables) == [1, 2]
+    tables = [e for e in predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime") if e["threads"] == threads]
+    assert {e["threads"] for e in predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime")} == {1, 2}
     loaded = LoadedDenoiser(run=None, backend="onnxruntime", variant="fp32", label="onnxruntime-fp32")
     got = predictions(DEFAULT_MODEL_DIR, loaded, max_batch=4, threads=threads)
-    if threads in tables:
-        assert sorted(got) == [1, 2, 3, 4] and got[1] == pytest.approx(tables[threads]["seconds"]["1"])
+    source = prediction_source(prediction_entry(DEFAULT_MODEL_DIR, loaded, threads))
+    if tables:
+        own = [e for e in tables if e["host"] == host_id()]
+        expected = (own or tables)[0]
+        assert sorted(got) == [1, 2, 3, 4] and got[1] == pytest.approx(expected["seconds"]["1"])
+        assert source["timed_on"] == expected["host"] and source["this_host"] == host_id()
+        assert source["same_host"] == bool(own) and source["threads"] == threads
     else:
-        assert got == {}
+        assert got == {} and source is None
+    if threads == 1:
+        assert len({e["host"] for e in tables}) == 2  # the Intel and the AMD development hosts
+
+
+def test_a_prediction_timed_on_other_hardware_is_flagged(caplog):
+    from serving.model import prediction_source
+
+    entry = {"source": "t.json", "host": "vm|some other CPU", "threads": 1, "seconds": {"1": 0.01}}
+    with caplog.at_level("WARNING", logger="srnas.serving"):
+        src = prediction_source(entry)
+    assert src["same_host"] is False and "timed on vm|some other CPU" in caplog.text

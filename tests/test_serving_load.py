@@ -166,7 +166,9 @@ def test_request_benchmark_measures_latency_overhead_and_throughput(server):
     """bench/requests.py against the real server: every figure it reports comes from real requests."""
     from bench.requests import measure
 
-    report = measure(server.url, requests=4, clients=2)
+    report = measure(server.url, requests=4, clients=2, concurrent=6, repeats=3)
+    assert len(report["ratios_per_round"]) == 3 and report["concurrent"]["requests"] == 6
+    assert report["concurrent"]["ratio_to_one_client"] == sorted(report["ratios_per_round"])[1]  # the median round
     assert report["steps"] == report["defaults"]["steps"] >= 1
     assert 0 < report["mean_step_s_batch1"] < report["single"]["p50_s"] <= report["single"]["p95_s"]
     assert report["overhead_s"] == report["single"]["p50_s"] - report["steps"] * report["mean_step_s_batch1"]
