@@ -32,7 +32,7 @@ BAND = (0.8, 1.25)  # the alert's band in the rules
 
 def prometheus_config(target: str, rule_file: Path, scrape_s: int = 2) -> dict:
     return {"global": {"scrape_interval": f"{scrape_s}s", "evaluation_interval": f"{scrape_s}s"},
-            "rule_files": [str(rule_file)],
+            "rule_files": [str(Path(rule_file).resolve())],  # a relative one is read from the config's folder
             "scrape_configs": [{"job_name": "srnas", "metrics_path": "/metrics",
                                 "static_configs": [{"targets": [target]}]}]}
 
@@ -51,6 +51,8 @@ def prometheus(out: Path, target: str, ready_timeout_s: float = 60):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url + "/-/ready", proc, ready_timeout_s)
+        if not rule_groups(url):  # a rule_files glob that matches nothing is no error to Prometheus
+            raise RuntimeError(f"prometheus loaded no rules from {rule_file}")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -75,6 +77,11 @@ def _wait(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"prometheus not ready at {url}")
+
+
+def rule_groups(base: str) -> list[str]:
+    with urllib.request.urlopen(f"{base}/api/v1/rules", timeout=10) as r:
+        return [g["name"] for g in json.load(r)["data"]["groups"]]
 
 
 def query(base: str, promql: str) -> list[dict]:

@@ -6,6 +6,7 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import yaml
@@ -75,7 +76,7 @@ class Exporter(BaseHTTPRequestHandler):
         pass
 
 
-def test_local_prometheus_records_the_ratio_and_gives_a_verdict(promtool, tmp_path):
+def test_local_prometheus_records_the_ratio_and_gives_a_verdict(promtool, tmp_path, monkeypatch):
     """Debian's Prometheus with the extracted rules, scraping a loopback exporter: the ratio recorded
     through the real rule engine reaches the verdict (the path `make observe` takes)."""
     from loadtest import observe
@@ -85,7 +86,9 @@ def test_local_prometheus_records_the_ratio_and_gives_a_verdict(promtool, tmp_pa
     exporter = ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (Exporter,), {"scrapes": 0}))
     threading.Thread(target=exporter.serve_forever, daemon=True).start()
     try:
-        with observe.prometheus(tmp_path, f"127.0.0.1:{exporter.server_address[1]}") as prom:
+        monkeypatch.chdir(tmp_path)  # a relative folder, as `make observe` passes (--out runs/observe)
+        with observe.prometheus(Path("observe"), f"127.0.0.1:{exporter.server_address[1]}") as prom:
+            assert sorted(observe.rule_groups(prom)) == ["srnas.alerts", "srnas.recording"]
             deadline, ratios, overall = time.monotonic() + 60, [], []
             while (len(ratios) < 2 or not overall) and time.monotonic() < deadline:
                 time.sleep(1)
