@@ -112,6 +112,9 @@ def test_multi_tile_requests_under_load(server):
         assert sr.size == (2 * lr.width, 2 * lr.height)
 
 
+COMPARABLE_HOST = (0.67, 1.5)  # network alone / prediction: the host is like the table's, and idle
+
+
 def isolated_step_seconds(info: dict, batch: int = 1, runs: int = 15) -> float:
     """The served network alone in this process, same runtime and threads as the server: median per step."""
     import statistics
@@ -123,7 +126,8 @@ def isolated_step_seconds(info: dict, batch: int = 1, runs: int = 15) -> float:
 
     loaded = load_denoiser(load_model(info["path"]), BackendConfig(info["backend"]["name"], info["backend"]["variant"],
                                                                    info["limits"]["threads"]))
-    x, level = torch.zeros(batch, 6, 128, 128), torch.full((batch,), 0.5)
+    x = torch.randn(batch, 6, 128, 128, generator=torch.Generator().manual_seed(0))  # as the table was timed
+    level = torch.full((batch,), 0.5)
     times = []
     for i in range(runs + 3):
         t0 = time.perf_counter()
@@ -136,11 +140,13 @@ def test_observed_step_latency_matches_prediction(server):
     """Steady load, then observed / predicted per (backend, batch_size) from /metrics: within 0.8-1.25.
 
     The prediction is the search-time lookup table's, measured on an idle 2-core host; the network timed
-    alone here first tells whether this host is comparable (else the comparison says nothing: skip)."""
+    alone here first tells whether this host is comparable (else the comparison says nothing: skip). That
+    gate is wider than the goal: on the table's own host the network alone ran at 0.80-0.88x (session 11),
+    while another host or a busy one is off by 2-3x (the Intel table on the AMD host: 0.33x)."""
     info = httpx.get(server.url + "/info").json()
     assert info["predicted_step_seconds"], "the served model has no search-time prediction (deploy.json)"
     host = isolated_step_seconds(info) / info["predicted_step_seconds"]["1"]
-    if not 0.8 <= host <= 1.25:
+    if not COMPARABLE_HOST[0] <= host <= COMPARABLE_HOST[1]:
         pytest.skip(f"this host is busy or unlike the lookup table's: the network alone runs at {host:.2f}x "
                     "the prediction")
     jobs = [(png(64, 64, i), {"steps": 4, "seed": i}) for i in range(48)]
