@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", type=int, help="requests in each concurrent phase (default: 40 per client)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of (sequential, concurrent); medians are reported")
     args = p.parse_args(argv)
-    if min(args.requests, args.clients, args.rounds, args.repeats, args.concurrent or 1) < 1:
+    if min(args.requests, args.clients, args.rounds, args.repeats, 1 if args.concurrent is None else args.concurrent) < 1:
         p.error("--requests, --clients, --rounds, --repeats and --concurrent must be >= 1")
     if args.versus is not None:
         try:

@@ -199,3 +199,8 @@ def test_paired_benchmark_alternates_servers(server, capsys):
             main(["--versus", bad])
         assert exc.value.code == 2
     assert "SRNAS_VAR=VALUE" in capsys.readouterr().err
+    for bad in (["--concurrent", "0"], ["--repeats", "0"]):  # refused before any server starts
+        with pytest.raises(SystemExit) as exc:
+            main(bad)
+        assert exc.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
