@@ -58,13 +58,8 @@ def select_backend(bundle: ModelBundle, cfg: ServeConfig) -> LoadedDenoiser:
     raise UserError("no backend could load the model")
 
 
-def predictions(model_dir: Path | None, loaded: LoadedDenoiser, max_batch: int, threads: int) -> dict[int, float]:
-    """Search-time per-step predictions for this backend and thread count, keyed by batch size. Empty if
-    unrecorded: a table timed with another thread count says nothing about this one."""
-    return per_batch(prediction_entry(model_dir, loaded, threads), max_batch)
-
-
 def per_batch(entry: dict[str, Any] | None, max_batch: int) -> dict[int, float]:
+    """The entry's per-step predictions for every batch size up to `max_batch` (empty without an entry)."""
     return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
 
 
@@ -83,6 +78,8 @@ def prediction_source(entry: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def prediction_entry(model_dir: Path | None, loaded: LoadedDenoiser, threads: int) -> dict[str, Any] | None:
+    """The search-time prediction for this backend and thread count, this host's table where there is one.
+    None if unrecorded: a table timed with another thread count says nothing about this one."""
     if model_dir is None:
         return None
     record = read_record(model_dir)  # read once, not once per batch size

@@ -56,13 +56,14 @@ def test_predictions_come_from_the_table_timed_at_the_workers_thread_count(threa
     from export.record import predicted_entries, read_record
     from models.checkpoint import DEFAULT_MODEL_DIR
     from search.latency import host_id
-    from serving.model import prediction_entry, prediction_source, predictions
+    from serving.model import per_batch, prediction_entry, prediction_source
 
-    tables = [e for e in predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime") if e["threads"] == threads]
-    assert {e["threads"] for e in predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime")} == {1, 2}
+    every = predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime")
+    tables = [e for e in every if e["threads"] == threads]
+    assert {e["threads"] for e in every} == {1, 2}
     loaded = LoadedDenoiser(run=None, backend="onnxruntime", variant="fp32", label="onnxruntime-fp32")
-    got = predictions(DEFAULT_MODEL_DIR, loaded, max_batch=4, threads=threads)
-    source = prediction_source(prediction_entry(DEFAULT_MODEL_DIR, loaded, threads))
+    entry = prediction_entry(DEFAULT_MODEL_DIR, loaded, threads)
+    got, source = per_batch(entry, max_batch=4), prediction_source(entry)
     if tables:
         own = [e for e in tables if e["host"] == host_id()]
         expected = (own or tables)[0]
