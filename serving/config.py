@@ -48,10 +48,15 @@ class ServeConfig:
     workers: int = 0  # 0: the CPU quota // threads
     threads: int = 0  # runtime threads per worker; 0: 1, or the quota // workers when workers is set
     max_batch_size: int = 16  # tiles per network call (BentoML adaptive batching)
-    max_latency_ms: int = 30000  # BentoML drops (503) a tile job that would wait longer than this
+    # BentoML's own queueing bound for a tile job; 0: off (the bound is then SRNAS_TIMEOUT_S). Its learned
+    # latency model ignores steps, so after slow batches it refused every request for minutes: admission by
+    # cost (deadline_s) decides instead
+    max_latency_ms: int = 0
+    deadline_s: float = 30.0  # a request is admitted only if it can be answered within this, else 503/422
+    admit_headroom: float = 0.8  # admit if the estimate is within this share of the deadline (estimates err)
     max_inflight_requests: int = 16  # per worker; past it: 503 + Retry-After
     max_inflight_tiles: int = 256  # per worker
-    retry_after_s: int = 2
+    retry_after_s: int = 2  # Retry-After while loading or draining (refusals by cost compute their own)
     timeout_s: int = 300
     warmup_runs: int = 2  # network calls at start-up, before /readyz turns true
     overlap: int = 16  # HR px shared by neighbouring tiles
@@ -60,6 +65,10 @@ class ServeConfig:
     solo_direct: int = 1  # 1: a request alone in its worker skips the batch dispatcher (nothing to batch with)
     png_level: int = 1  # zlib level of the answer: 1 encodes ~2x faster than Pillow's 6 for ~10% more bytes
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def dispatcher_latency_ms(self) -> int:
+        return self.max_latency_ms or self.timeout_s * 1000
 
     @classmethod
     def from_env(cls) -> "ServeConfig":
@@ -85,7 +94,13 @@ class ServeConfig:
                             f"(quota {quota})")
 
     def validate(self) -> None:
-        for name in ("max_batch_size", "max_latency_ms", "max_inflight_requests", "max_inflight_tiles",
+        if self.max_latency_ms < 0:
+            raise UserError("SRNAS_MAX_LATENCY_MS must be >= 0 (0: off)")
+        if not 0 < self.deadline_s <= self.timeout_s:
+            raise UserError("SRNAS_DEADLINE_S must be > 0 and at most SRNAS_TIMEOUT_S")
+        if not 0 < self.admit_headroom <= 1:
+            raise UserError("SRNAS_ADMIT_HEADROOM must be in (0, 1]")
+        for name in ("max_batch_size", "max_inflight_requests", "max_inflight_tiles",
                      "timeout_s", "retry_after_s"):
             if getattr(self, name) < 1:
                 raise UserError(f"SRNAS_{name.upper()} must be >= 1")

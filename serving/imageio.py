@@ -33,7 +33,17 @@ def check_size(width: int, height: int, limits: Limits) -> None:
         raise BadImage(f"image is {width}x{height}; each side must be at least {limits.min_side} px")
 
 
+def probe(data: bytes, limits: Limits) -> tuple[int, int]:
+    """(width, height) from the header alone, after every check that needs no pixel: what admission
+    decides on before anything is decoded."""
+    return _read(data, limits, lambda img: img.size)
+
+
 def decode(data: bytes, limits: Limits) -> np.ndarray:
+    return _read(data, limits, lambda img: (img.load(), to_rgb(img))[1])
+
+
+def _read(data: bytes, limits: Limits, then):
     if not data:
         raise BadImage("the image field is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -45,8 +55,7 @@ def decode(data: bytes, limits: Limits) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=FORMATS) as img:
                 check_size(*img.size, limits)  # header only: nothing decoded yet
-                img.load()
-                return to_rgb(img)
+                return then(img)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -23,6 +23,11 @@ REQUESTED_STEPS = Histogram("sr_requested_steps", "Denoising steps asked for per
                             buckets=COUNT_BUCKETS)
 INFLIGHT = Gauge("sr_inflight_requests", "/upscale requests being processed (HPA custom metric)",
                  multiprocess_mode="livesum")
+TILE_STEPS = Counter("sr_tile_steps", "Tile-steps run by the network (a batch of b tiles counts b per step)")
+REFUSED = Counter("sr_refused_requests", "Requests refused at admission, by reason (requests, tiles, queue: 503; "
+                  "over_deadline: 422)", ["reason"])
+ABANDONED = Counter("sr_abandoned_requests", "Admitted requests cancelled before their answer (disconnect, deadline)",
+                    ["reason"])
 WORKERS_READY = Gauge("sr_workers_ready", "Workers with the model loaded and warmed up", multiprocess_mode="livesum")
 
 

@@ -29,6 +29,20 @@ class Served:
     predicted: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step
     prediction_source: dict[str, Any] | None = None  # the table and the host it was timed on
     loaded_in_s: float = 0.0
+    step_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step measured at start
+
+    def idle_step_s(self) -> dict[int, float]:
+        """Seconds per step on an idle worker, for admission: the start-up timing ran while the other workers
+        warmed up too, so where a latency table timed on this very host predicts faster, that is taken."""
+        own = bool(self.prediction_source and self.prediction_source.get("same_host"))
+        return {b: min(s, self.predicted[b]) if own and b in self.predicted else s for b, s in self.step_s.items()}
+
+    def contention(self) -> float:
+        """How much slower than idle the start-up timing ran (>= 1): where the step-time estimate starts,
+        so that the first requests after start are not admitted on an idle machine's speed."""
+        idle = self.idle_step_s()
+        ratios = [self.step_s[b] / idle[b] for b in idle if idle[b] > 0]
+        return max(1.0, sum(ratios) / len(ratios)) if ratios else 1.0
 
     def describe(self) -> dict[str, Any]:
         d = self.bundle.defaults
@@ -94,10 +108,17 @@ def prediction_entry(model_dir: Path | None, loaded: LoadedDenoiser, threads: in
     return entry
 
 
-def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> None:
-    """One call at the largest batch (the runtime sizes its buffers once), then `runs` at batch 1."""
-    for b in [max_batch] * bool(runs) + [1] * runs:
+def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> dict[int, float]:
+    """One call at the largest batch (the runtime sizes its buffers once), then `runs` at batch 1; then
+    two timed calls at each end, whose fastest are the seconds per step admission starts from."""
+    def call(b: int) -> float:
+        t0 = time.perf_counter()
         loaded.run(torch.zeros(b, 6, size, size), torch.full((b,), 0.5))
+        return time.perf_counter() - t0
+
+    for b in [max_batch] * bool(runs) + [1] * runs:
+        call(b)
+    return {b: min(call(b) for _ in range(2)) for b in sorted({1, max_batch})}
 
 
 def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
@@ -111,9 +132,10 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     loaded = select_backend(bundle, cfg)
     if loaded.backend != "torch":  # torch only does the sampler's small element-wise glue between steps:
         torch.set_num_threads(1)  # its spinning worker threads would steal the runtime's CPUs
-    warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
+    step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
     entry = prediction_entry(bundle.path, loaded, cfg.threads)
-    served = Served(bundle, loaded, params, flops, per_batch(entry, cfg.max_batch_size), prediction_source(entry))
+    served = Served(bundle, loaded, params, flops, per_batch(entry, cfg.max_batch_size), prediction_source(entry),
+                    step_s=step_s)
     for b, s in served.predicted.items():
         metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0

@@ -5,7 +5,10 @@
 from concurrent requests; a batch is then grouped by (steps, sampler), one sampling loop per group.
 The chunks go straight to BentoML's dispatcher for that API (serving/batching.py), and only references
 to the tiles travel: the tiles stay in this worker's `TileStore` (serving/tiles.py).
-Admission is bounded per worker (requests and tiles in flight): past it the answer is 503 + Retry-After.
+Admission counts work (tiles x steps, serving/admission.py) and is decided from the image header, before
+decoding: a request that cannot be answered within the deadline gets 503 + Retry-After at once, one that
+no worker could finish in time gets 422. A request whose client leaves, or whose deadline passes, is
+cancelled: its queued tiles are skipped and its admission released.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from models.upscaler import TileConfig, TilePlan, blend_tiles, make_tiles, tile_
 from serving import hardening, metrics
 from serving.batching import BatchedCall
 from serving.config import SERVICE_NAME, ServeConfig
-from serving.imageio import BadImage, decode, encode_png
+from serving.admission import Admission, StepClock, Work, tile_count
+from serving.imageio import BadImage, decode, encode_png, probe
 from serving.info import app as info_app
 from serving.middleware import BodyLimit, RetryAfter
 from serving.model import Served, load_served
@@ -54,29 +58,25 @@ def decode_tiles(data: bytes) -> tuple[np.ndarray, TilePlan]:
     return make_tiles(decode(data, CFG.limits), TileConfig(overlap=CFG.overlap))
 
 
-def error(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": str(CFG.retry_after_s)} if status == 503 else None
+def error(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
+    if status == 503 and retry_after_s is None:
+        retry_after_s = CFG.retry_after_s
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-class Admission:
-    """Per-worker bound on requests and tiles in flight (the event loop is single-threaded: no lock)."""
+async def client_gone(receive) -> str:
+    """Returns once the client has disconnected. The body has been read by then, so the only message
+    left is the disconnect (uvicorn also sends it once the answer is complete; the caller stops first)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    return "disconnect"
 
-    def __init__(self, max_requests: int, max_tiles: int) -> None:
-        self.max_requests, self.max_tiles = max_requests, max_tiles
-        self.requests = self.tiles = 0
 
-    def enter(self) -> bool:
-        if self.requests >= self.max_requests:
-            return False
-        self.requests += 1
-        return True
-
-    def take_tiles(self, n: int) -> bool:
-        if self.tiles and self.tiles + n > self.max_tiles:
-            return False
-        self.tiles += n
-        return True
+def _retrieve(task: asyncio.Task) -> None:
+    """An abandoned request's task ends on its own; its outcome is nobody's, so it is not logged."""
+    if not task.cancelled():
+        task.exception()
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -90,7 +90,7 @@ class SRNAS:
     def __init__(self) -> None:
         self.served: Served | None = None
         self.load_error: str | None = None
-        self.admission = Admission(CFG.max_inflight_requests, CFG.max_inflight_tiles)
+        self.admission: Admission | None = None
         self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
         self.model_dir = Path(self.model_ref.path)
         self.denoise_batched = BatchedCall(self, "denoise_tiles")
@@ -99,7 +99,10 @@ class SRNAS:
 
     def _load(self) -> None:
         try:
-            self.served = load_served(self.model_dir, CFG)
+            served = load_served(self.model_dir, CFG)
+            self.admission = Admission(StepClock(served.idle_step_s(), factor=served.contention()), CFG.max_batch_size, CFG.deadline_s,
+                                       CFG.admit_headroom, CFG.max_inflight_requests, CFG.max_inflight_tiles)
+            self.served = served
             metrics.WORKERS_READY.set(1)
         except Exception as exc:  # /livez turns false, so the orchestrator restarts us
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -117,7 +120,8 @@ class SRNAS:
         lim = CFG.limits
         return {"max_bytes": lim.max_bytes, "max_pixels": lim.max_pixels, "max_side": lim.max_side,
                 "min_side": lim.min_side, "max_steps": lim.max_steps, "max_batch_size": CFG.max_batch_size,
-                "max_latency_ms": CFG.max_latency_ms, "workers": CFG.workers, "threads": CFG.threads,
+                "max_latency_ms": CFG.max_latency_ms, "deadline_s": CFG.deadline_s,
+                "admit_headroom": CFG.admit_headroom, "workers": CFG.workers, "threads": CFG.threads,
                 "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles,
                 "tile_batching": self.denoise_batched.resolve(), "solo_direct": bool(CFG.solo_direct)}
 
@@ -125,19 +129,9 @@ class SRNAS:
     async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
                       seed: Seed = 0) -> Annotated[Path, ContentType("image/png")]:
         """x2 super-resolution of a PNG, JPEG or WebP image; returns a PNG twice the size."""
-        if self.served is None:
+        served, admission = self.served, self.admission
+        if served is None or admission is None:
             return error(503, "model is loading")
-        if not self.admission.enter():
-            return error(503, "over capacity: too many requests in flight")
-        metrics.INFLIGHT.inc()
-        try:
-            return await self._upscale(self.served, image, steps, sampler, seed)
-        finally:
-            self.admission.requests -= 1
-            metrics.INFLIGHT.dec()
-
-    async def _upscale(self, served: Served, image: Path, steps: int | None, sampler: str | None,
-                       seed: int) -> Response:
         d = served.bundle.defaults
         cfg = SamplerConfig(sampler or d["sampler"], steps or d["steps"], d.get("eta", 0.0))
         try:
@@ -145,23 +139,61 @@ class SRNAS:
             size = image.stat().st_size
             if size > CFG.limits.max_bytes:
                 raise BadImage(f"image is {size} bytes; at most {CFG.limits.max_bytes} are accepted", 413)
-            tiles, plan = await self._cpu(decode_tiles, image.read_bytes())
+            data = image.read_bytes()
+            width, height = probe(data, CFG.limits)  # the header only: admission before any pixel
         except UserError as exc:
             return error(400, str(exc))
         except BadImage as exc:
             return error(exc.status, str(exc))
-        if not self.admission.take_tiles(len(tiles)):
-            return error(503, "over capacity: too many tiles in flight")
+        decision = admission.admit(tile_count(width, height, CFG.overlap), cfg.steps)
+        if decision.work is None:
+            metrics.REFUSED.labels(decision.reason).inc()
+            return error(decision.status, decision.message, decision.retry_after_s)
+        work = decision.work
+        metrics.INFLIGHT.inc()
+        try:
+            return await self._until_done_or_abandoned(work, self._upscale(data, cfg, seed, work))
+        finally:
+            admission.release(work)
+            metrics.INFLIGHT.dec()
+
+    async def _until_done_or_abandoned(self, work: Work, job) -> Response:
+        """Run the request's work until it answers, its client disconnects or its deadline passes; in the
+        last two cases the work is cancelled at once (queued tiles skipped, the running batch stopped at
+        its next step unless another request shares it) and the admission is released."""
+        task = asyncio.ensure_future(job)
+        gone = asyncio.ensure_future(client_gone(SRNAS.context.request.receive))
+        done: set = set()
+        try:
+            done, _ = await asyncio.wait({task, gone}, timeout=max(work.deadline - time.monotonic(), 0),
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when BentoML's own request timeout cancels this handler
+            gone.cancel()
+            if task not in done:
+                work.cancelled = True
+                task.cancel()
+                task.add_done_callback(_retrieve)
+        if task in done:
+            return task.result()
+        reason = "disconnect" if gone in done else "deadline"
+        metrics.ABANDONED.labels(reason).inc()
+        if reason == "disconnect":  # nobody reads this answer; 499 as nginx logs a client that left
+            return error(499, "client closed the request")
+        return error(503, f"deadline of {CFG.deadline_s:g} s passed before the answer was ready")
+
+    async def _upscale(self, data: bytes, cfg: SamplerConfig, seed: int, work: Work) -> Response:
+        try:
+            tiles, plan = await self._cpu(decode_tiles, data)
+        except BadImage as exc:
+            return error(exc.status, str(exc))
         metrics.REQUEST_TILES.observe(len(tiles))
         metrics.REQUESTED_STEPS.observe(cfg.steps)
         try:
-            sr = await self._denoise(tiles, cfg, seed)
+            sr = await self._denoise(tiles, cfg, seed, work)
         except BentoMLException as exc:
             if int(getattr(exc.error_code, "value", 500)) == 503:
                 return error(503, "over capacity: tile queue past its latency bound")
             raise
-        finally:
-            self.admission.tiles -= len(tiles)
         png = await self._cpu(lambda: encode_png(blend_tiles(sr, plan), CFG.png_level))
         return Response(png, media_type="image/png")
 
@@ -173,10 +205,10 @@ class SRNAS:
 
         return await anyio.to_thread.run_sync(gated)
 
-    async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int) -> np.ndarray:
+    async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int, work: Work) -> np.ndarray:
         """Send the tiles in chunks of at most one batch; BentoML batches chunks of all requests together."""
         now = time.time()
-        refs = [STORE.put(t) for t in tiles]
+        refs = [STORE.put(t, work) for t in tiles]
         try:
             jobs = [TileJob.of(r, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
                     for r, s in zip(refs, tile_seeds(seed, len(tiles)))]
@@ -193,7 +225,7 @@ class SRNAS:
             STORE.drop(refs)
 
     @bentoml.api(route="/denoise_tiles", batchable=True, max_batch_size=CFG.max_batch_size,
-                 max_latency_ms=CFG.max_latency_ms)
+                 max_latency_ms=CFG.dispatcher_latency_ms)
     def denoise_tiles(self, jobs: list[TileJob]) -> list[bool]:
         """Internal: sample tiles that /upscale in this worker holds (by reference), batched across requests."""
         return self._run_tiles(jobs)
@@ -205,8 +237,13 @@ class SRNAS:
         now = time.time()
         for job in jobs:
             metrics.QUEUE_WAIT.observe(min(max(now - job.sent_at, 0.0), CFG.timeout_s))
-        label = served.denoiser.label
-        observe = lambda b, s: metrics.DENOISE_STEP.labels(label, str(b)).observe(s)  # noqa: E731
+        label, clock = served.denoiser.label, self.admission.clock
+
+        def observe(batch: int, seconds: float) -> None:
+            metrics.DENOISE_STEP.labels(label, str(batch)).observe(seconds)
+            metrics.TILE_STEPS.inc(batch)
+            clock.observe(batch, seconds)
+
         return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate), served.bundle.diffusion,
                         served.bundle.defaults.get("eta", 0.0), CFG.limits.max_steps)
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from models.diffusion import Diffusion
 from models.sampler import SamplerConfig, sample
+from serving.admission import Work
 
 MAX_SEED = 2**63 - 1
 REF_PATTERN = r"^[0-9a-f]{32}$"
@@ -32,6 +33,15 @@ JOB_JSON_BYTES = 512  # generous upper bound of one job's JSON, for the self-cal
 class Slot:
     tile: np.ndarray  # bicubic-upsampled float32 CHW in [-1, 1]
     result: np.ndarray | None = None
+    work: Work | None = None  # the request it belongs to (its progress, and whether it was abandoned)
+
+    @property
+    def live(self) -> bool:
+        return self.work is None or not self.work.cancelled
+
+
+class Abandoned(Exception):
+    """Every request in a sampling group has gone: stop the loop before its next step."""
 
 
 class TileStore:
@@ -40,9 +50,9 @@ class TileStore:
     def __init__(self) -> None:
         self._slots: dict[str, Slot] = {}
 
-    def put(self, tile: np.ndarray) -> str:
+    def put(self, tile: np.ndarray, work: Work | None = None) -> str:
         ref = secrets.token_hex(16)
-        self._slots[ref] = Slot(np.ascontiguousarray(tile, dtype=np.float32))
+        self._slots[ref] = Slot(np.ascontiguousarray(tile, dtype=np.float32), work=work)
         return ref
 
     def get(self, ref: str) -> Slot | None:
@@ -101,15 +111,43 @@ def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullco
 
 def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, max_steps: int) -> list[bool]:
     """Sample every job's tile into its slot; jobs with the same (steps, sampler) share one batched loop.
-    A job whose request has gone (its slot dropped) is skipped and answered False."""
+    A job whose request has gone (its slot dropped, or its work cancelled) is skipped and answered False;
+    a group whose requests have all gone stops at its next step."""
     slots = [STORE.get(job.ref) for job in jobs]
     groups: dict[tuple[int, str], list[int]] = defaultdict(list)
     for i, (job, slot) in enumerate(zip(jobs, slots)):
-        if slot is not None:
+        if slot is not None and slot.live:
             groups[(min(job.steps, max_steps), job.sampler)].append(i)
+    ran = [False] * len(jobs)
     for (steps, sampler), idx in groups.items():
-        bic = torch.from_numpy(np.stack([slots[i].tile for i in idx]))
-        sr = sample(denoiser, diffusion, bic, SamplerConfig(sampler, steps, eta), [jobs[i].seed for i in idx])
-        for i, tile in zip(idx, sr.numpy()):
-            slots[i].result = tile
-    return [slot is not None for slot in slots]
+        group = [slots[i] for i in idx]
+        bic = torch.from_numpy(np.stack([s.tile for s in group]))
+        try:
+            sr = sample(_watched(denoiser, group), diffusion, bic, SamplerConfig(sampler, steps, eta),
+                        [jobs[i].seed for i in idx])
+        except Abandoned:
+            continue
+        for i, slot, tile in zip(idx, group, sr.numpy()):
+            slot.result, ran[i] = tile, True
+    return ran
+
+
+def _watched(denoiser, group: list[Slot]):
+    """The denoiser, checking before each step that some request in the group is still waiting for it,
+    and counting each request's tile-steps as they run (its progress, for the admission estimate)."""
+    per_work: dict[int, tuple[Work, int]] = {}
+    for slot in group:
+        if slot.work is not None:
+            w, n = per_work.get(id(slot.work), (slot.work, 0))
+            per_work[id(slot.work)] = (w, n + 1)
+    tracked = len(per_work) == len({id(s.work) for s in group})  # every tile belongs to some request
+
+    def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        if tracked and all(w.cancelled for w, _ in per_work.values()):
+            raise Abandoned
+        out = denoiser(x, noise_level)
+        for w, n in per_work.values():
+            w.done += n
+        return out
+
+    return run

@@ -40,8 +40,20 @@ def test_from_env(monkeypatch):
     assert (cfg.workers, cfg.threads) == (1, 1)
 
 
+def test_deadline_and_dispatcher_bound(monkeypatch):
+    """BentoML's own latency bound is off by default (the request timeout); admission uses the deadline."""
+    cfg = ServeConfig()
+    assert cfg.max_latency_ms == 0 and cfg.dispatcher_latency_ms == cfg.timeout_s * 1000
+    monkeypatch.setenv("SRNAS_DEADLINE_S", "7.5")
+    monkeypatch.setenv("SRNAS_MAX_LATENCY_MS", "900")
+    cfg = ServeConfig.from_env()
+    assert cfg.deadline_s == 7.5 and cfg.dispatcher_latency_ms == 900
+
+
 @pytest.mark.parametrize("name,value", [("SRNAS_MAX_BATCH_SIZE", "many"), ("SRNAS_MAX_BATCH_SIZE", "1"),
-                                        ("SRNAS_MAX_STEPS", "0"), ("SRNAS_OVERLAP", "64")])
+                                        ("SRNAS_MAX_STEPS", "0"), ("SRNAS_OVERLAP", "64"),
+                                        ("SRNAS_DEADLINE_S", "0"), ("SRNAS_DEADLINE_S", "301"),
+                                        ("SRNAS_ADMIT_HEADROOM", "1.5"), ("SRNAS_MAX_LATENCY_MS", "-1")])
 def test_bad_env_is_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(UserError):

@@ -47,3 +47,32 @@ def test_a_mixed_batch_matches_each_tile_run_alone_and_skips_dropped_jobs(bundle
     finally:
         STORE.drop(refs)
     assert len(STORE) == 0
+
+
+def test_a_group_stops_at_the_next_step_once_every_request_in_it_is_abandoned(bundle):
+    """An abandoned request costs at most the step already running; a group it shares with a live request
+    runs on, and each request's progress is counted in tile-steps."""
+    from serving.admission import Work
+
+    gone, live = Work(tiles=2, steps=20, deadline=0), Work(tiles=1, steps=20, deadline=0)
+    net = torch_denoiser(bundle.net)
+    calls = []
+
+    def denoiser(x, noise_level):
+        calls.append(x.shape[0])
+        if len(calls) == 3:
+            gone.cancelled = True  # the client disconnects during the third step
+        return net(x, noise_level)
+
+    refs = [STORE.put(t, gone) for t in tiles(2)]
+    other = [STORE.put(t, live) for t in tiles(1)]
+    try:
+        jobs = [TileJob.of(r, steps=20, sampler="ddim", seed=i) for i, r in enumerate(refs)]
+        assert run_jobs(jobs, denoiser, bundle.diffusion, 0.0, max_steps=100) == [False, False]
+        assert calls == [2, 2, 2] and gone.done == 6  # stopped before the fourth step
+        calls.clear()
+        mixed = jobs + [TileJob.of(other[0], steps=20, sampler="ddim", seed=9)]
+        assert run_jobs(mixed, denoiser, bundle.diffusion, 0.0, max_steps=100) == [False, False, True]
+        assert calls == [1] * 20 and live.done == 20  # abandoned tiles were not even queued into the batch
+    finally:
+        STORE.drop(refs + other)

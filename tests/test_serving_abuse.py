@@ -1,0 +1,121 @@
+"""The real server under abuse: abandoned clients, bursts past capacity. Each test starts `bentoml serve`
+on 127.0.0.1 and talks to it over HTTP; counts are small so that the whole file stays bounded in time.
+The longer versions, with timings, are `make chaos`."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.launch import serving
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("bentoml")
+    r = subprocess.run([str(Path(sys.executable).with_name("srnas")), "store-import"], cwd=ROOT, text=True,
+                       capture_output=True, env={**os.environ, "BENTOML_HOME": str(home)}, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return home
+
+
+def png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.open(SAMPLE).convert("RGB").resize((side, side)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post(url: str, data: bytes, timeout: float = 120, **fields) -> httpx.Response:
+    return httpx.post(url + "/upscale", files={"image": ("a.png", data)},
+                      data={k: str(v) for k, v in fields.items()}, timeout=timeout)
+
+
+def samples(url: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value}, parsed by prometheus_client."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def total(url: str, name: str) -> float:
+    return sum(v for (n, _), v in samples(url).items() if n == name)
+
+
+def wait_for(cond, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def give_up_after(url: str, data: bytes, seconds: float, **fields) -> int | str:
+    """A client that stops waiting (as `curl --max-time`): the status if it came in time, else 'gave up'."""
+    try:
+        return post(url, data, timeout=seconds, **fields).status_code
+    except httpx.TimeoutException:
+        return "gave up"
+
+
+def test_abandoned_requests_are_cancelled_and_free_the_server(home, tmp_path):
+    """Clients that give up after 1 s on 256x256 x 100-step requests (2,500 tile-steps each): their work is
+    cancelled when they disconnect, so the server runs a small share of it, its in-flight count falls back
+    to 0, and a small request is then answered."""
+    n, steps, tiles = 8, 100, 25
+    # a long deadline admits every one of them: the test is about what happens once they are abandoned
+    env = {"BENTOML_HOME": str(home), "SRNAS_DEADLINE_S": "300"}
+    with serving(env, log=tmp_path / "serve.log") as srv:
+        before = total(srv.url, "sr_tile_steps_total")
+        big = png(256)
+        with ThreadPoolExecutor(n) as pool:
+            outcomes = list(pool.map(lambda i: give_up_after(srv.url, big, 1.0, steps=steps, seed=i), range(n)))
+        assert all(o in ("gave up", 503, 422) for o in outcomes), outcomes
+        assert wait_for(lambda: total(srv.url, "sr_inflight_requests") == 0, 60), "abandoned work kept running"
+        abandoned = total(srv.url, "sr_abandoned_requests_total")
+        refused = total(srv.url, "sr_refused_requests_total")
+        assert abandoned >= 1 and abandoned + refused == n, (abandoned, refused)
+        ran = total(srv.url, "sr_tile_steps_total") - before
+        assert ran < 0.25 * abandoned * tiles * steps, (ran, abandoned)  # cancelled, not run to the end
+        r = post(srv.url, png(64))
+        assert r.status_code == 200, r.text
+        assert "Traceback" not in srv.log_text()
+
+
+def test_a_burst_past_capacity_is_refused_early_and_a_small_request_still_passes(home, tmp_path):
+    """With a 5 s deadline: a request no worker could finish in time gets 422 saying so, a burst gets 200s
+    and 503s, some refused at admission with a Retry-After computed from the queue (never another 5xx; a
+    request admitted on an estimate that the shared CPUs then missed gets 503 at its deadline), and a small
+    request passes."""
+    env = {"BENTOML_HOME": str(home), "SRNAS_DEADLINE_S": "5"}
+    with serving(env, log=tmp_path / "serve.log") as srv:
+        r = post(srv.url, png(256), steps=100)
+        assert r.status_code == 422, r.text
+        assert "SRNAS_DEADLINE_S=5" in r.json()["error"] and "steps" in r.json()["error"]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: post(srv.url, png(96), steps=100, seed=i), range(8)))
+        codes = sorted(a.status_code for a in answers)
+        assert set(codes) <= {200, 503} and 503 in codes, codes
+        early = [a for a in answers if a.status_code == 503 and a.json()["error"].startswith("over capacity")]
+        assert early, [a.json() for a in answers if a.status_code == 503]
+        assert all(int(a.headers["retry-after"]) >= 1 for a in answers if a.status_code == 503)
+        refused = samples(srv.url)
+        assert refused[("sr_refused_requests_total", (("reason", "over_deadline"),))] == 1
+        assert sum(v for (n, lab), v in refused.items() if n == "sr_refused_requests_total"
+                   and lab != (("reason", "over_deadline"),)) == len(early)
+        assert post(srv.url, png(64)).status_code == 200
+        assert "Traceback" not in srv.log_text()

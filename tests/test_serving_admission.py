@@ -1,0 +1,101 @@
+"""Admission by cost (no server): tiles x steps against the deadline, early and with the right status."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.upscaler import TileConfig, make_tiles
+from serving.admission import Admission, StepClock, tile_count
+
+
+def admission(deadline: float = 10.0, **kw) -> Admission:
+    # 10 ms per step at batch 1, 80 ms at batch 16 (5 ms per tile-step when full)
+    return Admission(StepClock({1: 0.010, 16: 0.080}), max_batch=16, deadline_s=deadline, headroom=1.0, **kw)
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (64, 64), (65, 64), (96, 80), (256, 256), (400, 600), (33, 250)])
+def test_tile_count_from_the_header_matches_the_real_cut(h, w):
+    tiles, _ = make_tiles(np.zeros((h, w, 3), np.uint8), TileConfig(overlap=16))
+    assert tile_count(w, h, 16) == len(tiles)
+
+
+def test_step_clock_interpolates_and_follows_contention():
+    clock = StepClock({1: 0.010, 16: 0.080})
+    assert clock.step_s(1) == pytest.approx(0.010) and clock.step_s(16) == pytest.approx(0.080)
+    assert 0.010 < clock.step_s(8) < 0.080
+    for _ in range(50):
+        clock.observe(1, 0.030)  # three times slower than at start-up: the machine is shared now
+    assert clock.step_s(16) == pytest.approx(0.240, rel=0.02)
+    assert clock.idle_step_s(16) == pytest.approx(0.080)  # "could it ever finish" keeps the idle speed
+
+
+def test_step_clock_relaxes_to_idle_speed_without_observations(monkeypatch):
+    """A worker that refuses everything observes nothing: its estimate must not stay at a slowness of
+    minutes ago (the stuck-refusal failure of a learned latency model that only learns from what runs)."""
+    import serving.admission as adm
+
+    now = [1000.0]
+    monkeypatch.setattr(adm.time, "monotonic", lambda: now[0])
+    clock = StepClock({1: 0.010, 16: 0.080}, factor=4.0, relax_s=5.0)
+    assert clock.factor == pytest.approx(4.0)
+    now[0] += 5.0
+    assert clock.factor == pytest.approx(2.5)
+    now[0] += 60.0
+    assert clock.factor == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_request_that_fits_is_admitted_and_released():
+    adm = admission()
+    d = adm.admit(tiles=4, steps=10)
+    assert d.work is not None and adm.requests == 1 and adm.tiles == 4
+    adm.release(d.work)
+    assert adm.requests == 0 and adm.queue_s() == 0
+
+
+def test_too_large_for_any_worker_is_422_naming_what_would_fit():
+    adm = admission(deadline=10)
+    d = adm.admit(tiles=100, steps=100)  # 7 chunks x 100 steps at >= 45 ms: far over 10 s even idle
+    assert d.work is None and d.status == 422 and d.reason == "over_deadline"
+    assert "at most" in d.message and "SRNAS_DEADLINE_S=10" in d.message
+    steps = int(d.message.split("at most ")[1].split()[0])
+    assert adm.admit(tiles=100, steps=steps).work is not None  # the advice holds
+    assert adm.requests == 1
+
+
+def test_a_full_queue_is_refused_at_once_with_retry_after_from_the_queue():
+    adm = admission(deadline=10)
+    first = adm.admit(tiles=16, steps=100)  # 8 s of work
+    assert first.work is not None
+    d = adm.admit(tiles=16, steps=100)
+    assert d.work is None and d.status == 503 and d.reason == "queue"
+    assert 1 <= d.retry_after_s <= 10  # when the queue ahead will have drained enough
+    first.work.done = first.work.total  # the work ran: the same request now fits
+    assert adm.admit(tiles=16, steps=100).work is not None
+
+
+def test_cancelled_work_no_longer_counts_in_the_queue():
+    adm = admission(deadline=10)
+    first = adm.admit(tiles=16, steps=100)
+    first.work.cancelled = True  # the client went away; released a moment later
+    assert adm.queue_s() == 0 and adm.admit(tiles=16, steps=100).work is not None
+
+
+def test_request_and_tile_bounds_still_hold():
+    adm = admission(deadline=100, max_requests=2, max_tiles=10)
+    assert adm.admit(1, 1).work and adm.admit(1, 1).work
+    assert adm.admit(1, 1).reason == "requests"
+    adm = admission(deadline=100, max_tiles=10)
+    assert adm.admit(8, 1).work
+    d = adm.admit(8, 1)
+    assert d.status == 503 and d.reason == "tiles" and d.retry_after_s >= 1
+
+
+def test_saturated_when_even_the_smallest_request_would_wait_past_the_deadline():
+    adm = admission(deadline=10)
+    assert not adm.saturated()
+    adm.admit(16, 100)
+    adm.admit(1, 10)
+    assert not adm.saturated()
+    big = Admission(StepClock({1: 0.010, 16: 0.080}), 16, 10.0, headroom=1.0)
+    big.admit(16, 125)  # exactly the deadline
+    assert big.saturated()
