@@ -43,7 +43,13 @@ def dispatcher_poll(seconds: float) -> None:
     CorkDispatcher.TICKET_INTERVAL = seconds
 
 
-def install(poll_seconds: float) -> None:
+def install(poll_seconds: float, api_paths: tuple[str, ...] = (), retry_after_s: int = 2,
+            drain_timeout_s: float = 300) -> None:
+    from serving.edge import install_drain, install_edge, install_json_400
+
+    install_edge(api_paths=api_paths, retry_after_s=retry_after_s)
+    install_json_400()
+    install_drain(drain_timeout_s)
     dispatcher_poll(poll_seconds)
     no_url_downloads()
     logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorsWithoutTraceback())

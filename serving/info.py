@@ -6,10 +6,17 @@ from typing import Any
 import bentoml
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.metrics import step_latency_summary
 
 app = FastAPI(title="srnas model information")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def json_error(request, exc: StarletteHTTPException) -> JSONResponse:
+    """The service's error shape, {"error": ...}, instead of FastAPI's {"detail": ...}."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.get("/info", summary="The served model: preset, arch, params, FLOPs, backend, defaults, step latency")

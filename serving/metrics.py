@@ -28,6 +28,8 @@ REFUSED = Counter("sr_refused_requests", "Requests refused at admission, by reas
                   "over_deadline: 422)", ["reason"])
 ABANDONED = Counter("sr_abandoned_requests", "Admitted requests cancelled before their answer (disconnect, deadline)",
                     ["reason"])
+WORKERS_SATURATED = Gauge("sr_workers_saturated", "Workers past their queue bound (a 1-tile request would be "
+                          "refused); /readyz is false while any is", multiprocess_mode="livesum")
 WORKERS_READY = Gauge("sr_workers_ready", "Workers with the model loaded and warmed up", multiprocess_mode="livesum")
 
 
@@ -42,9 +44,18 @@ def _registry():
     return REGISTRY
 
 
+def _live_sum(name: str) -> int:
+    return int(sum(s.value for m in _registry().collect() if m.name == name for s in m.samples))
+
+
 def workers_ready() -> int:
     """How many workers have the model loaded (summed over all workers' samples)."""
-    return int(sum(s.value for m in _registry().collect() if m.name == "sr_workers_ready" for s in m.samples))
+    return _live_sum("sr_workers_ready")
+
+
+def workers_saturated() -> int:
+    """How many workers are past their queue bound."""
+    return _live_sum("sr_workers_saturated")
 
 
 def step_latency_summary() -> dict[str, dict[str, dict[str, float]]]:

@@ -34,6 +34,7 @@ from models.upscaler import TileConfig, TilePlan, blend_tiles, make_tiles, tile_
 from serving import hardening, metrics
 from serving.batching import BatchedCall
 from serving.config import SERVICE_NAME, ServeConfig
+from serving.edge import DRAIN
 from serving.admission import Admission, StepClock, Work, tile_count
 from serving.imageio import BadImage, decode, encode_png, probe
 from serving.info import app as info_app
@@ -50,7 +51,8 @@ Sampler = Annotated[Literal["ddim", "ddpm"] | None, Field(default=None, descript
 Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, description="same seed, same bytes")]
 
 
-hardening.install(CFG.dispatch_poll_ms / 1000)
+hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale", "/denoise_tiles"),
+                  retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.timeout_s)
 
 
 def decode_tiles(data: bytes) -> tuple[np.ndarray, TilePlan]:
@@ -110,8 +112,15 @@ class SRNAS:
 
     def __is_ready__(self) -> bool:
         # /readyz reaches any one worker: ready only once every worker has the model, so that no request
-        # after a true /readyz meets a worker that is still loading
-        return self.served is not None and metrics.workers_ready() >= CFG.workers
+        # after a true /readyz meets a worker that is still loading; not ready while any worker is past its
+        # queue bound (so that Kubernetes routes elsewhere) or while draining (serving/edge.py answers that)
+        self._publish_saturation()
+        return (self.served is not None and metrics.workers_ready() >= CFG.workers
+                and metrics.workers_saturated() == 0 and not DRAIN.draining)
+
+    def _publish_saturation(self) -> None:
+        if self.admission is not None:
+            metrics.WORKERS_SATURATED.set(int(self.admission.saturated()))
 
     def __is_alive__(self) -> bool:
         return self.load_error is None
@@ -146,6 +155,7 @@ class SRNAS:
         except BadImage as exc:
             return error(exc.status, str(exc))
         decision = admission.admit(tile_count(width, height, CFG.overlap), cfg.steps)
+        self._publish_saturation()
         if decision.work is None:
             metrics.REFUSED.labels(decision.reason).inc()
             return error(decision.status, decision.message, decision.retry_after_s)
@@ -155,6 +165,7 @@ class SRNAS:
             return await self._until_done_or_abandoned(work, self._upscale(data, cfg, seed, work))
         finally:
             admission.release(work)
+            self._publish_saturation()
             metrics.INFLIGHT.dec()
 
     async def _until_done_or_abandoned(self, work: Work, job) -> Response:
@@ -243,6 +254,7 @@ class SRNAS:
             metrics.DENOISE_STEP.labels(label, str(batch)).observe(seconds)
             metrics.TILE_STEPS.inc(batch)
             clock.observe(batch, seconds)
+            self._publish_saturation()  # the queue drains as steps run
 
         return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate), served.bundle.diffusion,
                         served.bundle.defaults.get("eta", 0.0), CFG.limits.max_steps)

@@ -279,3 +279,50 @@ def test_internal_tile_api_refuses_what_it_does_not_hold(server, ref, message):
     r = httpx.post(server.url + "/denoise_tiles", json={"jobs": [job]}, timeout=30)
     assert r.status_code == 400 and message in json.dumps(r.json())
     assert httpx.get(server.url + "/livez").status_code == 200
+
+
+@pytest.mark.parametrize("method,path,status", [("GET", "/no/such/path", 404), ("GET", "/upscale", 405),
+                                                ("POST", "/info", 405), ("DELETE", "/readyz", 405)])
+def test_every_error_has_a_json_body(server, method, path, status):
+    r = httpx.request(method, server.url + path, timeout=30)
+    assert r.status_code == status
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]
+
+
+@pytest.mark.parametrize("head", [b"Content-Length: abc\r\n", b"Content-Length: 5\r\nContent-Length: 6\r\n"])
+def test_a_malformed_request_gets_json_400(server, head):
+    """uvicorn answers these itself, before any middleware; the answer is JSON all the same."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(server.url)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(b"POST /upscale HTTP/1.1\r\nHost: x\r\n" + head + b"\r\nhello")
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    status, _, rest = raw.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in headers.lower()
+    assert "malformed HTTP request" in json.loads(body)["error"]
+
+
+@pytest.mark.slow
+def test_unknown_paths_add_no_metric_series(server):
+    """1,000 random paths: each gets a JSON 404 in front of BentoML's metrics, so /metrics grows by at most
+    1 KB (it grew by about 4 KB per path when every path became a label)."""
+    import secrets
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    before = len(httpx.get(server.url + "/metrics").text.encode())
+    with httpx.Client(timeout=30) as client:
+        codes = {client.get(f"{server.url}/{secrets.token_hex(8)}/x").status_code for _ in range(1000)}
+    assert codes == {404}
+    text = httpx.get(server.url + "/metrics").text
+    assert len(text.encode()) - before <= 1024, len(text.encode()) - before
+    endpoints = {s.labels["endpoint"] for f in text_string_to_metric_families(text) for s in f.samples
+                 if "endpoint" in s.labels}
+    assert endpoints and all(e.count("/") <= 1 for e in endpoints), endpoints  # no random path among them

@@ -100,7 +100,9 @@ def test_overload_answers_503_with_retry_after(home, tmp_path, bound, why, retry
 
 
 def test_sigterm_finishes_inflight_request(home, tmp_path):
-    srv = start({"BENTOML_HOME": str(home)}, tmp_path / "serve.log")
+    """SIGTERM drains: the request in flight finishes, while a new one gets 503 at once (not a connection
+    left waiting in the listen backlog) and /readyz turns false, until the worker exits."""
+    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "1", "SRNAS_THREADS": "1"}, tmp_path / "serve.log")
     wait_ready(srv)
     result: dict[str, httpx.Response] = {}
     slow = threading.Thread(target=lambda: result.setdefault("r", post(srv.url, png(96), steps=100)))
@@ -108,11 +110,36 @@ def test_sigterm_finishes_inflight_request(home, tmp_path):
         slow.start()
         assert wait_for(lambda: inflight(srv.url) >= 1)
         srv.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: httpx.get(srv.url + "/readyz", timeout=10).status_code == 503, 30)
+        new = httpx.post(srv.url + "/upscale", files={"image": ("a.png", png(16))}, timeout=10)
+        assert new.status_code == 503 and new.json()["error"] == "server is shutting down"
+        assert int(new.headers["retry-after"]) >= 1
+        assert slow.is_alive()  # the drain was still waiting for it
         slow.join(300)
         r = result["r"]
         assert r.status_code == 200
         assert Image.open(io.BytesIO(r.content)).size == (192, 192)
         assert srv.proc.wait(60) == 0
+    finally:
+        stop(srv)
+
+
+def test_readyz_false_while_the_worker_is_past_its_queue_bound(home, tmp_path):
+    """One worker admitting one request: while it runs, the worker is saturated and /readyz says so (so that
+    Kubernetes routes elsewhere); once it is done, /readyz is true again."""
+    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "1", "SRNAS_THREADS": "1",
+                 "SRNAS_MAX_INFLIGHT_REQUESTS": "1"}, tmp_path / "serve.log")
+    result: dict[str, httpx.Response] = {}
+    slow = threading.Thread(target=lambda: result.setdefault("r", post(srv.url, png(96), steps=100)))
+    try:
+        wait_ready(srv)
+        slow.start()
+        assert wait_for(lambda: inflight(srv.url) >= 1)
+        r = httpx.get(srv.url + "/readyz", timeout=10)
+        assert r.status_code == 503 and slow.is_alive()
+        slow.join(300)
+        assert result["r"].status_code == 200
+        assert httpx.get(srv.url + "/readyz", timeout=10).status_code == 200
     finally:
         stop(srv)
 
