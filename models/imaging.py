@@ -2,18 +2,35 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 SCALE = 2
 MIN_SIDE = 8
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
-    """Grayscale, palette, CMYK and RGBA (composited on white) images all become uint8 RGB."""
+    """Grayscale, palette, CMYK and RGBA (composited on white) images all become uint8 RGB; 16-bit images
+    are scaled to 8 bits (Pillow's own conversion saturates them), and the EXIF orientation is applied
+    (a camera's portrait photo is stored sideways with a tag saying so)."""
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _high_bit_to_rgb(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _high_bit_to_rgb(img: Image.Image) -> np.ndarray:
+    """16-bit grey (modes I;16* and I, as PNG gives them) -> uint8 RGB; 0..65535 maps onto 0..255.
+    Float images are taken as 0..255 already."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode != "F":
+        arr = arr / 257.0
+    grey = np.clip(np.round(arr), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def to_float(arr: np.ndarray) -> np.ndarray:

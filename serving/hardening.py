@@ -9,6 +9,46 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
 
+def form_error(where: str, allowed: list[str], problems: list[tuple[str, str]]) -> ValidationError:
+    """A pydantic ValidationError, which BentoML answers as 400 {"error", "detail"} and logs as one line."""
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    title = f"the {where} form (allowed fields: {', '.join(allowed)})"
+    return ValidationError.from_exception_data(title, [
+        InitErrorDetails(type=PydanticCustomError("form_field", msg), loc=(name,), input=name)
+        for name, msg in problems])
+
+
+def strict_forms() -> None:
+    """A multipart form may hold only the API's fields, each once: BentoML silently dropped unknown fields
+    (a typo such as `step=50` ran with the default steps) and all but one copy of a repeated field. And an
+    uploaded file's client-given name is dropped before BentoML writes the upload to a temporary file,
+    which it named after it (a 255-byte name was an OSError and a 500)."""
+    from _bentoml_impl.serde import MultipartSerde
+    from collections import Counter
+
+    original = MultipartSerde.parse_request
+    if getattr(original, "__srnas_strict__", False):
+        return
+
+    async def parse_request(self, request, cls):
+        form = await request.form()  # Starlette keeps it: the original parse reads the same form
+        allowed = list(cls.model_fields)
+        counts = Counter(k for k, _ in form.multi_items())
+        problems = [(k, f"unknown field {k!r}") for k in counts if k not in cls.model_fields]
+        problems += [(k, f"field {k!r} given {n} times; send it once") for k, n in counts.items()
+                     if n > 1 and k in cls.model_fields]
+        if problems:
+            raise form_error(request.url.path, allowed, problems)
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                value.filename = None
+        return await original(self, request, cls)
+
+    parse_request.__srnas_strict__ = True
+    MultipartSerde.parse_request = parse_request
+
+
 def no_url_downloads() -> None:
     """BentoML fetches a file field sent as text ("http://...") from that URL: no size bound, and a
     request-triggered outbound call. Here a text value is treated as the (non-image) bytes it is."""
@@ -52,4 +92,5 @@ def install(poll_seconds: float, api_paths: tuple[str, ...] = (), retry_after_s:
     install_drain(drain_timeout_s)
     dispatcher_poll(poll_seconds)
     no_url_downloads()
+    strict_forms()
     logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorsWithoutTraceback())

@@ -6,6 +6,7 @@ bomb costs a few bytes of parsing, never its pixels' memory.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -59,7 +60,10 @@ def _read(data: bytes, limits: Limits, then):
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"image refused: {exc}", 413) from None
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's own guard; state our limits, not its
+        raise BadImage(f"image refused: its header claims {claimed.group(1) if claimed else 'too many'} pixels; "
+                       f"at most {limits.max_pixels} pixels and {limits.max_side} px a side are accepted",
+                       413) from None
     except UnidentifiedImageError:
         raise BadImage("not a PNG, JPEG or WebP image", 415) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

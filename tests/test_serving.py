@@ -152,6 +152,8 @@ BAD = {
     "seed non-integer": ("ok", {"seed": "abc"}, 400),
     "seed float": ("ok", {"seed": 1.25}, 400),
     "seed negative": ("ok", {"seed": -1}, 400),
+    "unknown field (typo)": ("ok", {"step": 50}, 400),
+    "decompression bomb, tall": ("tallbomb", {}, 413),
 }
 
 
@@ -159,7 +161,7 @@ def bad_body(kind) -> bytes | None:
     if not isinstance(kind, str):
         return kind
     rng = np.random.default_rng(0)
-    return {"truncated": truncated, "bomb": lambda: bomb_png(60_000, 60_000),
+    return {"truncated": truncated, "bomb": lambda: bomb_png(60_000, 60_000), "tallbomb": lambda: bomb_png(8, 10**7),
             "big": lambda: png(photo(100, 100)), "tiny": lambda: png(photo(7, 30)),
             "huge": lambda: png(rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)) + bytes(MAX_BYTES),
             "ok": lambda: png(photo(16, 16))}[kind]()
@@ -186,7 +188,50 @@ def test_text_instead_of_file_is_not_fetched(server):
 def test_bomb_is_refused_before_decoding(server):
     r = post(server, bomb_png(60_000, 60_000))
     assert r.status_code == 413
-    assert "3600000000 pixels" in r.json()["error"]  # read from the header alone
+    err = r.json()["error"]
+    assert "3600000000 pixels" in err  # read from the header alone
+    assert f"at most {MAX_PIXELS} pixels" in err  # the service's own limit, not Pillow's guard
+
+
+def test_unknown_and_repeated_fields_are_400_naming_the_allowed_ones(server):
+    data = png(photo(16, 16))
+    r = post(server, data, step=50)
+    assert r.status_code == 400
+    assert "allowed fields: image, steps, sampler, seed" in r.json()["error"]
+    assert "unknown field 'step'" in json.dumps(r.json()["detail"])
+    twice = httpx.post(server.url + "/upscale", files=[("image", ("a.png", data)), ("image", ("b.png", data))],
+                       timeout=60)
+    assert twice.status_code == 400 and "'image' given 2 times" in json.dumps(twice.json()["detail"])
+    steps_twice = httpx.post(server.url + "/upscale", files={"image": ("a.png", data)},
+                             data={"steps": ["1", "2"]}, timeout=60)
+    assert steps_twice.status_code == 400 and "'steps' given 2 times" in json.dumps(steps_twice.json()["detail"])
+
+
+@pytest.mark.parametrize("name", ["x" * 300 + ".png", "../../etc/passwd", "a/b\\c.png", "\u00e9" * 200])
+def test_the_clients_filename_is_never_a_path(server, name):
+    r = httpx.post(server.url + "/upscale", files={"image": (name, png(photo(16, 16)))}, timeout=60)
+    assert decoded(r).shape == (32, 32, 3)
+
+
+def test_16_bit_grey_png_is_scaled_not_saturated(server):
+    grey = photo(32, 32)[..., 0].astype(np.uint16) * 257  # the 8-bit photo, spread over 16 bits
+    out = decoded(post(server, png(Image.fromarray(grey)), steps=1)).astype(float)
+    bic = np.asarray(Image.fromarray(photo(32, 32)[..., 0]).resize((64, 64), Image.Resampling.BICUBIC)).astype(float)
+    assert np.abs(out.mean(axis=2) - bic).mean() < 8  # near the 8-bit version, not 0/255 everywhere
+
+
+def test_exif_orientation_is_applied(server):
+    from PIL import ImageOps
+
+    stored = Image.fromarray(photo(32, 48))  # stored 48 wide x 32 high, tagged "rotate 90 CW to display"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = decoded(post(server, png(stored, "JPEG", exif=exif.tobytes(), quality=95)))
+    assert out.shape == (96, 64, 3)  # displayed 32 wide x 48 high, doubled
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(png(stored, "JPEG", exif=exif.tobytes(),
+                                                                                quality=95)))))
+    bic = np.asarray(Image.fromarray(upright).resize((64, 96), Image.Resampling.BICUBIC)).astype(float)
+    assert np.abs(out.astype(float) - bic).mean() < 10
 
 
 def test_server_survives_bad_input(server):
