@@ -75,6 +75,32 @@ class UserErrorsWithoutTraceback(logging.Filter):
         return True
 
 
+def listening_hosts(port: int) -> list[str]:
+    """The addresses this process listens on at `port` (where `bentoml serve` bound its socket)."""
+    import psutil
+
+    try:
+        conns = psutil.Process().net_connections(kind="inet")
+    except (psutil.Error, OSError):
+        return []
+    return sorted({c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
+
+
+class TrueBindAddress(logging.Filter):
+    """BentoML logs "listening on http://localhost:3000" when it bound 0.0.0.0 (every interface, reachable
+    from other hosts); log the address actually bound, and say what it means."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Starting production") and len(record.args or ()) == 5:
+            *head, host, port = record.args
+            bound = listening_hosts(int(port)) or [host]
+            record.args = (*head, ",".join(bound), port)
+            if any(h in ("0.0.0.0", "::") for h in bound):
+                record.msg = (f"{record.msg}; that is every network interface: pass --host 127.0.0.1 to keep it "
+                              "on this machine")
+        return True
+
+
 def dispatcher_poll(seconds: float) -> None:
     """BentoML's batch dispatcher wakes every TICKET_INTERVAL while jobs wait for a running batch; each
     wake-up preempts a runtime thread, so the poll interval is configurable."""
@@ -93,4 +119,5 @@ def install(poll_seconds: float, api_paths: tuple[str, ...] = (), retry_after_s:
     dispatcher_poll(poll_seconds)
     no_url_downloads()
     strict_forms()
+    logging.getLogger("bentoml.serve").addFilter(TrueBindAddress())
     logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorsWithoutTraceback())

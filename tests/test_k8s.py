@@ -223,3 +223,24 @@ def test_bento_builds_into_the_image_the_deployment_expects(tmp_path):
     assert "FROM python:3.11-slim" in dockerfile and "USER bentoml" in dockerfile
     assert f"BENTO_USER_UID={pod['securityContext']['runAsUser']}" in dockerfile
     assert f"EXPOSE {container('cpu')['ports'][0]['containerPort']}" in dockerfile
+
+
+def test_one_image_tag_in_the_base_is_what_both_overlays_deploy(tmp_path):
+    """The README's procedure: change newTag in k8s/base/kustomization.yaml and every overlay deploys it
+    (the CPU overlay once pinned its own tag, so the change had no effect)."""
+    tree = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", tree)
+    base = tree / "base" / "kustomization.yaml"
+    doc = yaml.safe_load(base.read_text())
+    (entry,) = doc["images"]
+    assert entry["newTag"] == "0.1.0"
+    base.write_text(base.read_text().replace('newTag: "0.1.0"', 'newTag: "9.9.9-test"'))
+    for overlay in OVERLAYS:
+        assert "newTag" not in (tree / "overlays" / overlay / "kustomization.yaml").read_text()
+        out = subprocess.run([kubectl(), "kustomize", str(tree / "overlays" / overlay)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        images = [c["image"] for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"
+                  for c in d["spec"]["template"]["spec"]["containers"]]
+        repo = "registry.example.com/srnas-gpu" if overlay == "gpu" else "registry.example.com/srnas"
+        assert images == [f"{repo}:9.9.9-test"], images

@@ -95,3 +95,22 @@ def test_a_prediction_timed_on_other_hardware_is_flagged(caplog):
     with caplog.at_level("WARNING", logger="srnas.serving"):
         src = prediction_source(entry)
     assert src["same_host"] is False and "timed on vm|some other CPU" in caplog.text
+
+
+def test_the_startup_line_names_the_address_actually_bound():
+    """BentoML logs 'localhost' for whatever it bound; the filter reads the listening socket instead."""
+    import logging
+    import socket
+
+    from serving.hardening import TrueBindAddress
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        record = logging.LogRecord("bentoml.serve", logging.INFO, __file__, 1, 'Starting production %s BentoServer '
+                                   'from "%s" listening on %s://%s:%d (Press CTRL+C to quit)',
+                                   ("HTTP", ".", "http", "localhost", port), None)
+        assert TrueBindAddress().filter(record)
+    assert f"listening on http://127.0.0.1:{port} " in record.getMessage()
+    assert "every network interface" not in record.getMessage()
