@@ -58,6 +58,7 @@ class ServeConfig:
     max_inflight_tiles: int = 256  # per worker
     retry_after_s: int = 2  # Retry-After while loading or draining (refusals by cost compute their own)
     timeout_s: int = 300
+    upload_timeout_s: float = 30.0  # a request body not complete by then gets 408 (slow uploads)
     warmup_runs: int = 2  # network calls at start-up, before /readyz turns true
     overlap: int = 16  # HR px shared by neighbouring tiles
     dispatch_poll_ms: float = 1.0  # how often BentoML's batch dispatcher polls while a batch runs
@@ -98,6 +99,8 @@ class ServeConfig:
             raise UserError("SRNAS_MAX_LATENCY_MS must be >= 0 (0: off)")
         if not 0 < self.deadline_s <= self.timeout_s:
             raise UserError("SRNAS_DEADLINE_S must be > 0 and at most SRNAS_TIMEOUT_S")
+        if self.upload_timeout_s <= 0:
+            raise UserError("SRNAS_UPLOAD_TIMEOUT_S must be > 0")
         if not 0 < self.admit_headroom <= 1:
             raise UserError("SRNAS_ADMIT_HEADROOM must be in (0, 1]")
         for name in ("max_batch_size", "max_inflight_requests", "max_inflight_tiles",

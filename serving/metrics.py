@@ -44,8 +44,53 @@ def _registry():
     return REGISTRY
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_files(directory: str) -> list[str]:
+    """The live-gauge files of worker processes that still exist. A worker killed by SIGKILL leaves its file
+    behind, and its last values (ready: 1) would count until something removes it."""
+    import glob
+
+    files = glob.glob(os.path.join(directory, "gauge_live*_*.db"))
+    return [f for f in files if _alive(int(os.path.basename(f).rsplit("_", 1)[1].split(".")[0]))]
+
+
+def reap_dead_workers() -> list[int]:
+    """Remove the live-gauge files of dead workers (their in-flight and ready values), so /metrics and
+    /readyz stop counting them; a worker calls this when it starts, e.g. after one was killed and respawned."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return []
+    import glob
+
+    pids = {int(os.path.basename(f).rsplit("_", 1)[1].split(".")[0])
+            for f in glob.glob(os.path.join(directory, "gauge_live*_*.db"))}
+    dead = sorted(p for p in pids if not _alive(p))
+    for pid in dead:
+        mark_process_dead(pid, directory)
+    return dead
+
+
 def _live_sum(name: str) -> int:
-    return int(sum(s.value for m in _registry().collect() if m.name == name for s in m.samples))
+    """A live gauge summed over the workers that are alive now."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        families = MultiProcessCollector.merge(_live_files(directory), accumulate=False)
+    else:
+        families = REGISTRY.collect()
+    return int(sum(s.value for m in families if m.name == name for s in m.samples))
 
 
 def workers_ready() -> int:

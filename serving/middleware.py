@@ -1,7 +1,9 @@
 """ASGI middleware: bound request bodies before they are read, and give every 503 a Retry-After."""
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any, Awaitable, Callable
 
 Scope = dict[str, Any]
@@ -18,10 +20,12 @@ async def _json(send: Send, status: int, body: dict[str, Any], headers: list[tup
 
 
 class BodyLimit:
-    """413 for a body over `limits[path]` bytes (or `default`): by Content-Length up front, else while streaming."""
+    """413 for a body over `limits[path]` bytes (or `default`): by Content-Length up front, else while streaming.
+    408 for a body not complete within `upload_timeout_s`: a client trickling its upload holds a connection
+    and a worker's memory, and never reaches admission."""
 
-    def __init__(self, app, limits: dict[str, int], default: int) -> None:
-        self.app, self.limits, self.default = app, limits, default
+    def __init__(self, app, limits: dict[str, int], default: int, upload_timeout_s: float = 0) -> None:
+        self.app, self.limits, self.default, self.upload_timeout_s = app, limits, default, upload_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,23 +34,31 @@ class BodyLimit:
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await _json(send, 413, {"error": f"request body over {limit} bytes"})
-        seen, over = 0, False
+        seen, cut, body_done = 0, None, False
+        deadline = time.monotonic() + self.upload_timeout_s if self.upload_timeout_s else None
 
         async def counted() -> dict[str, Any]:
-            nonlocal seen, over
-            msg = await receive()
+            nonlocal seen, cut, body_done
+            if body_done or deadline is None:  # after the body only the disconnect is left: no deadline
+                return await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                cut = (408, f"upload not complete within {self.upload_timeout_s:g} s")
+                return {"type": "http.disconnect"}
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
+                body_done = not msg.get("more_body", False)
                 if seen > limit:  # stop reading; the app's answer is replaced below
-                    over = True
+                    cut = (413, f"request body over {limit} bytes")
                     return {"type": "http.disconnect"}
             return msg
 
         async def replaced(msg: dict[str, Any]) -> None:
-            if not over:
+            if cut is None:
                 await send(msg)
             elif msg["type"] == "http.response.start":
-                await _json(send, 413, {"error": f"request body over {limit} bytes"})
+                await _json(send, cut[0], {"error": cut[1]}, [(b"connection", b"close")])
 
         await self.app(scope, counted, replaced)
 

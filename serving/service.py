@@ -96,6 +96,9 @@ class SRNAS:
         self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
         self.model_dir = Path(self.model_ref.path)
         self.denoise_batched = BatchedCall(self, "denoise_tiles")
+        dead = metrics.reap_dead_workers()  # a worker that replaces a killed one clears its stale gauges
+        if dead:
+            log.warning("removed the live gauges of dead workers %s", dead)
         # load in the background so /livez answers at once and /readyz stays false until warm
         threading.Thread(target=self._load, name="srnas-load", daemon=True).start()
 
@@ -262,5 +265,5 @@ class SRNAS:
 
 _body = CFG.limits.max_bytes + 64 * 1024  # the image plus the small form fields
 SRNAS.add_asgi_middleware(BodyLimit, limits={"/upscale": _body},
-                          default=CFG.max_batch_size * JOB_JSON_BYTES + 4096)
+                          default=CFG.max_batch_size * JOB_JSON_BYTES + 4096, upload_timeout_s=CFG.upload_timeout_s)
 SRNAS.add_asgi_middleware(RetryAfter, seconds=CFG.retry_after_s)

@@ -1,21 +1,27 @@
-"""The real server under abuse: abandoned clients, bursts past capacity. Each test starts `bentoml serve`
+"""The real server under abuse and faults: abandoned clients, bursts past capacity, slow uploads, SIGTERM and
+SIGKILL under load. Each test starts `bentoml serve`
 on 127.0.0.1 and talks to it over HTTP; counts are small so that the whole file stays bounded in time.
 The longer versions, with timings, are `make chaos`."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
+import psutil
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.launch import serving
+from serving.launch import serving, start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
@@ -119,3 +125,103 @@ def test_a_burst_past_capacity_is_refused_early_and_a_small_request_still_passes
                    and lab != (("reason", "over_deadline"),)) == len(early)
         assert post(srv.url, png(64)).status_code == 200
         assert "Traceback" not in srv.log_text()
+
+
+def stalled_upload(url: str, sent: bytes = b"--xx\r\n") -> socket.socket:
+    """A client that announces a 100 kB multipart body, sends a few bytes of it and stalls."""
+    u = urlparse(url)
+    s = socket.create_connection((u.hostname, u.port), timeout=60)
+    s.sendall(b"POST /upscale HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+              b"Content-Length: 100000\r\n\r\n" + sent)
+    return s
+
+
+def read_answer(s: socket.socket) -> tuple[int, dict]:
+    raw = b""
+    while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_slow_uploads_get_408_and_do_not_hold_up_others(home, tmp_path):
+    """Clients that trickle their upload are cut off at SRNAS_UPLOAD_TIMEOUT_S with a JSON 408; meanwhile they
+    hold no admission, and a normal request is answered."""
+    env = {"BENTOML_HOME": str(home), "SRNAS_UPLOAD_TIMEOUT_S": "3"}
+    with serving(env, log=tmp_path / "serve.log") as srv:
+        slow = [stalled_upload(srv.url) for _ in range(6)]
+        try:
+            assert post(srv.url, png(64)).status_code == 200
+            assert total(srv.url, "sr_inflight_requests") == 0
+            for s in slow:
+                status, body = read_answer(s)  # without the upload deadline: no answer, the read times out
+                assert status == 408 and "upload not complete within 3 s" in body["error"]
+        finally:
+            for s in slow:
+                s.close()
+        assert post(srv.url, png(64)).status_code == 200
+
+
+def test_sigterm_under_load_finishes_inflight_and_refuses_new_at_once(home, tmp_path):
+    """Two workers, four long requests in flight, SIGTERM: every one of them completes, a request sent during
+    the drain gets 503 (not a hang), and the server exits 0."""
+    # a long deadline: admission by cost is not what this test is about
+    srv = start({"BENTOML_HOME": str(home), "SRNAS_DEADLINE_S": "300"}, tmp_path / "serve.log")
+    try:
+        wait_ready(srv)
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(post, srv.url, png(128), 300, steps=100, seed=i) for i in range(4)]
+            assert wait_for(lambda: total(srv.url, "sr_inflight_requests") >= 4, 60)
+            srv.proc.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: httpx.get(srv.url + "/readyz", timeout=10).status_code == 503, 30)
+            new = post(srv.url, png(16), timeout=10)
+            assert new.status_code == 503 and new.json()["error"] == "server is shutting down"
+            assert any(not f.done() for f in futures)  # the drain was still on
+            assert [f.result().status_code for f in futures] == [200] * 4
+        assert srv.proc.wait(120) == 0
+    finally:
+        stop(srv)
+
+
+def workers(srv) -> list[psutil.Process]:
+    """The worker processes of `bentoml serve` (circus runs them as its children)."""
+    return [p for p in psutil.Process(srv.proc.pid).children(recursive=True)
+            if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+
+
+def test_sigkill_of_one_worker_under_load(home, tmp_path):
+    """SIGKILL one of two workers while requests run: the supervisor starts a new one, /readyz is false until
+    it has loaded, no request gets a 5xx (only connections to the killed worker drop), and afterwards the
+    dead worker's gauges no longer count."""
+    srv = start({"BENTOML_HOME": str(home), "SRNAS_DEADLINE_S": "300"}, tmp_path / "serve.log")
+    try:
+        wait_ready(srv)
+        before = workers(srv)
+        assert len(before) == 2
+
+        def call(i: int) -> int | str:
+            try:
+                return post(srv.url, png(128), 300, steps=60, seed=i).status_code
+            except httpx.TransportError:
+                return "dropped"
+
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(call, i) for i in range(4)]
+            assert wait_for(lambda: total(srv.url, "sr_inflight_requests") >= 4, 60)
+            victim = before[0]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(30)
+            assert wait_for(lambda: httpx.get(srv.url + "/readyz", timeout=10).status_code == 503, 30)
+            outcomes = [f.result() for f in futures]
+        assert set(outcomes) <= {200, "dropped"} and 200 in outcomes, outcomes
+        wait_ready(srv, timeout=180)  # the replacement has loaded
+        after = workers(srv)
+        assert len(after) == 2 and victim.pid not in {p.pid for p in after}
+        assert total(srv.url, "sr_inflight_requests") == 0  # the dead worker's in-flight count is gone
+        assert f"removed the live gauges of dead workers [{victim.pid}]" in srv.log_text()
+        assert post(srv.url, png(64)).status_code == 200
+    finally:
+        stop(srv)
