@@ -101,6 +101,16 @@ class TrueBindAddress(logging.Filter):
         return True
 
 
+def respawn_workers() -> None:
+    """BentoML's supervisor restarts a dead worker except inside a container (BENTOML_CONTAINERIZED, set in
+    the images it builds), where a worker killed by the OOM killer would leave the pod at half capacity and
+    not ready for good, with /livez still true. Restart it there too; a worker that cannot load turns
+    /livez false, so a crash loop still reaches the orchestrator."""
+    import bentoml.serving
+
+    bentoml.serving.running_inside_container = lambda: False
+
+
 def dispatcher_poll(seconds: float) -> None:
     """BentoML's batch dispatcher wakes every TICKET_INTERVAL while jobs wait for a running batch; each
     wake-up preempts a runtime thread, so the poll interval is configurable."""
@@ -119,5 +129,6 @@ def install(poll_seconds: float, api_paths: tuple[str, ...] = (), retry_after_s:
     dispatcher_poll(poll_seconds)
     no_url_downloads()
     strict_forms()
+    respawn_workers()
     logging.getLogger("bentoml.serve").addFilter(TrueBindAddress())
     logging.getLogger("bentoml._internal.server.http_app").addFilter(UserErrorsWithoutTraceback())

@@ -196,7 +196,9 @@ def test_sigkill_of_one_worker_under_load(home, tmp_path):
     """SIGKILL one of two workers while requests run: the supervisor starts a new one, /readyz is false until
     it has loaded, no request gets a 5xx (only connections to the killed worker drop), and afterwards the
     dead worker's gauges no longer count."""
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_DEADLINE_S": "300"}, tmp_path / "serve.log")
+    # as in the images `bentoml containerize` builds, where BentoML itself would not restart the worker
+    env = {"BENTOML_HOME": str(home), "SRNAS_DEADLINE_S": "300", "BENTOML_CONTAINERIZED": "1"}
+    srv = start(env, tmp_path / "serve.log")
     try:
         wait_ready(srv)
         before = workers(srv)
