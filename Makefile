@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 SAMPLE := serving/samples/astronaut-lr.png
 
-.PHONY: demo serve test install install-test clean load observe k8s
+.PHONY: demo serve test install install-test clean load observe k8s chaos
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ load: install-test
 # MODEL=DIR serves another model folder (it needs predicted latencies in its deploy.json).
 observe: install-test
 	$(BIN)/python -m loadtest.observe --out runs/observe $(if $(MODEL),--model $(MODEL))
+
+# The abuse and fault scenarios (abandoned clients, bursts, random paths, bad inputs, an open-loop spike,
+# SIGTERM and SIGKILL under load) against fresh servers, timed; the table goes into BENCHMARKS.md.
+chaos: install-test
+	$(BIN)/python -m loadtest.chaos --out runs/chaos --markdown BENCHMARKS.md
 
 # Render both kustomize overlays to runs/k8s-<overlay>.yaml.
 k8s: install-test
