@@ -49,23 +49,22 @@ class Work:
 class StepClock:
     """Seconds per denoising step by batch size: measured on the idle worker at start-up (`base`), scaled by
     how much slower steps run now (`factor`, an exponential average of observed / base), so that estimates
-    follow CPU contention and other workers sharing the machine. Without observations the factor relaxes
-    towards 1 (half-life `relax_s`): a worker that refuses everything runs nothing, and must not stay
-    refusing on a slowness it measured minutes ago."""
+    follow CPU contention, from other workers or other programs on the machine. A factor with no fresh
+    observation (`stale`) is refreshed by one small timed step before it is trusted: a worker that refuses
+    everything runs nothing, and must not keep refusing (or admitting) on a speed of minutes ago."""
 
     def __init__(self, base: dict[int, float], alpha: float = 0.2, factor: float = 1.0,
-                 relax_s: float = 5.0) -> None:
+                 fresh_s: float = 2.0) -> None:
         if not base:
             raise ValueError("StepClock needs at least one measured batch size")
         self.base = dict(sorted(base.items()))
-        self.alpha, self.relax_s = alpha, relax_s
-        self._factor, self._at = factor, time.monotonic()
+        self.alpha, self.fresh_s, self.factor = alpha, fresh_s, factor
+        self._at = time.monotonic()
         self._lock = threading.Lock()
 
     @property
-    def factor(self) -> float:
-        idle = time.monotonic() - self._at
-        return 1.0 + (self._factor - 1.0) * 0.5 ** (idle / self.relax_s)
+    def stale(self) -> bool:
+        return time.monotonic() - self._at > self.fresh_s
 
     def idle_step_s(self, batch: int) -> float:
         """Linear in the batch size between the measured sizes, extrapolated from the end ones."""
@@ -82,11 +81,13 @@ class StepClock:
     def step_s(self, batch: int) -> float:
         return self.idle_step_s(batch) * self.factor
 
-    def observe(self, batch: int, seconds: float) -> None:
+    def observe(self, batch: int, seconds: float, weight: float | None = None) -> None:
+        """`weight` 1 replaces the factor (a calibration after idle time: the old value is no evidence)."""
         ratio = min(max(seconds / self.idle_step_s(batch), 0.5), 50.0)  # one outlier must not swing it all
+        a = self.alpha if weight is None else weight
         with self._lock:
-            now = self.factor
-            self._factor, self._at = now + self.alpha * (ratio - now), time.monotonic()
+            self.factor += a * (ratio - self.factor)
+            self._at = time.monotonic()
 
 
 @dataclass
@@ -143,7 +144,15 @@ class Admission:
 
     def saturated(self) -> bool:
         """Past the queue bound: even a one-tile, one-step request would be refused now."""
-        return self.requests >= self.max_requests or self.queue_s() >= self.headroom * self.deadline_s
+        return self.why_saturated() is not None
+
+    def why_saturated(self) -> str | None:
+        if self.requests >= self.max_requests:
+            return f"{self.requests} requests in flight (at most {self.max_requests})"
+        queued, budget = self.queue_s(), self.headroom * self.deadline_s
+        if queued >= budget:
+            return f"the work queued here would take about {queued:.1f} s, past the {budget:.0f} s budget"
+        return None
 
     def admit(self, tiles: int, steps: int) -> Decision:
         budget = self.headroom * self.deadline_s
@@ -153,10 +162,13 @@ class Admission:
                 f"{tiles} tiles x {steps} steps would take about {idle:.1f} s on an idle worker, over this "
                 f"server's {budget:.0f} s budget per request (SRNAS_DEADLINE_S={self.deadline_s:g}); "
                 + _smaller(max_steps_within(self, tiles, budget))))
+        first_slot = self.queue_s() / max(self.requests, 1)  # about when the next request in flight is done
         if self.requests >= self.max_requests:
-            return self._busy("requests", f"{self.requests} requests in flight (at most {self.max_requests})")
+            return self._busy("requests", f"{self.requests} requests in flight (at most {self.max_requests})",
+                              first_slot)
         if self.tiles + tiles > self.max_tiles and self.tiles:
-            return self._busy("tiles", f"{self.tiles} tiles in flight, {tiles} more would pass {self.max_tiles}")
+            return self._busy("tiles", f"{self.tiles} tiles in flight, {tiles} more would pass {self.max_tiles}",
+                              first_slot)
         est = self.estimate_s(tiles, steps)
         if est > budget:
             return self._busy("queue", f"this request would finish in about {est:.1f} s behind the work "
@@ -165,10 +177,14 @@ class Admission:
         self.admitted.append(work)
         return Decision(work=work)
 
+    def retry_after_s(self, wait_s: float | None = None) -> int:
+        """Whole seconds until the queue ahead has drained (or `wait_s`), at least 1, at most the deadline."""
+        wait = self.queue_s() - self.headroom * self.deadline_s if wait_s is None else wait_s
+        return min(max(1, math.ceil(wait)), max(1, math.ceil(self.deadline_s)))
+
     def _busy(self, reason: str, why: str, wait_s: float | None = None) -> Decision:
-        wait = self.queue_s() if wait_s is None else wait_s
-        retry = min(max(1, math.ceil(wait)), max(1, math.ceil(self.deadline_s)))
-        return Decision(status=503, reason=reason, retry_after_s=retry, message=f"over capacity: {why}")
+        return Decision(status=503, reason=reason, retry_after_s=self.retry_after_s(wait_s),
+                        message=f"over capacity: {why}")
 
     def release(self, work: Work) -> None:
         if work in self.admitted:

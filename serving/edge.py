@@ -53,6 +53,18 @@ class Drain:
 DRAIN = Drain()
 
 
+class Shedding:
+    """Refusal before the body is read: `check()` (set by the service) returns (seconds for Retry-After,
+    why) when this worker is past its queue bound, else None. Reading and parsing a large upload
+    costs CPU that the running batches need, and only to refuse it afterwards."""
+
+    def __init__(self) -> None:
+        self.check: Callable[[], tuple[int, str] | None] = lambda: None
+
+
+SHED = Shedding()
+
+
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
@@ -78,9 +90,10 @@ def _known(routes: list, scope: Scope) -> bool:
 
 
 class Edge:
-    def __init__(self, app, api_paths: tuple[str, ...] = (), readyz: str = "/readyz",
-                 retry_after_s: int = 2, drain: Drain = DRAIN) -> None:
+    def __init__(self, app, api_paths: tuple[str, ...] = (), readyz: str = "/readyz", shed_paths: tuple[str, ...] = (),
+                 retry_after_s: int = 2, drain: Drain = DRAIN, shed: Shedding = SHED) -> None:
         self.app, self.api_paths, self.readyz, self.drain = app, set(api_paths), readyz, drain
+        self.shed_paths, self.shed = set(shed_paths), shed
         self.retry = str(retry_after_s).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,6 +106,10 @@ class Edge:
         if self.drain.draining and (path in self.api_paths or path == self.readyz):
             return await send_json(send, 503, {"error": "server is shutting down"},
                                    [(b"retry-after", self.retry), (b"connection", b"close")])
+        if path in self.shed_paths and (refusal := self.shed.check()) is not None:
+            retry, why = refusal
+            return await send_json(send, 503, {"error": f"over capacity: {why}"},
+                                   [(b"retry-after", str(retry).encode())])
         counted = path in self.api_paths
         self.drain.inflight += counted
         try:

@@ -123,7 +123,7 @@ def install(poll_seconds: float, api_paths: tuple[str, ...] = (), retry_after_s:
             drain_timeout_s: float = 300) -> None:
     from serving.edge import install_drain, install_edge, install_json_400
 
-    install_edge(api_paths=api_paths, retry_after_s=retry_after_s)
+    install_edge(api_paths=api_paths, shed_paths=api_paths[:1], retry_after_s=retry_after_s)
     install_json_400()
     install_drain(drain_timeout_s)
     dispatcher_poll(poll_seconds)

@@ -24,8 +24,8 @@ REQUESTED_STEPS = Histogram("sr_requested_steps", "Denoising steps asked for per
 INFLIGHT = Gauge("sr_inflight_requests", "/upscale requests being processed (HPA custom metric)",
                  multiprocess_mode="livesum")
 TILE_STEPS = Counter("sr_tile_steps", "Tile-steps run by the network (a batch of b tiles counts b per step)")
-REFUSED = Counter("sr_refused_requests", "Requests refused at admission, by reason (requests, tiles, queue: 503; "
-                  "over_deadline: 422)", ["reason"])
+REFUSED = Counter("sr_refused_requests", "Requests refused at admission, by reason (shed: before the body was "
+                  "read; requests, tiles, queue: 503; over_deadline: 422)", ["reason"])
 ABANDONED = Counter("sr_abandoned_requests", "Admitted requests cancelled before their answer (disconnect, deadline)",
                     ["reason"])
 WORKERS_SATURATED = Gauge("sr_workers_saturated", "Workers past their queue bound (a 1-tile request would be "
@@ -45,13 +45,15 @@ def _registry():
 
 
 def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed worker stays one until its supervisor reaps it)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.Error:
         return True
-    return True
 
 
 def _live_files(directory: str) -> list[str]:

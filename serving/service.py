@@ -23,6 +23,7 @@ from typing import Annotated, Literal
 import anyio
 import bentoml
 import numpy as np
+import torch
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import Field
@@ -34,7 +35,7 @@ from models.upscaler import TileConfig, TilePlan, blend_tiles, make_tiles, tile_
 from serving import hardening, metrics
 from serving.batching import BatchedCall
 from serving.config import SERVICE_NAME, ServeConfig
-from serving.edge import DRAIN
+from serving.edge import DRAIN, SHED
 from serving.admission import Admission, StepClock, Work, tile_count
 from serving.imageio import BadImage, decode, encode_png, probe
 from serving.info import app as info_app
@@ -93,6 +94,7 @@ class SRNAS:
         self.served: Served | None = None
         self.load_error: str | None = None
         self.admission: Admission | None = None
+        self._calibrating: asyncio.Future | None = None
         self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
         self.model_dir = Path(self.model_ref.path)
         self.denoise_batched = BatchedCall(self, "denoise_tiles")
@@ -108,6 +110,7 @@ class SRNAS:
             self.admission = Admission(StepClock(served.idle_step_s(), factor=served.contention()), CFG.max_batch_size, CFG.deadline_s,
                                        CFG.admit_headroom, CFG.max_inflight_requests, CFG.max_inflight_tiles)
             self.served = served
+            SHED.check = self._shed
             metrics.WORKERS_READY.set(1)
         except Exception as exc:  # /livez turns false, so the orchestrator restarts us
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -120,6 +123,17 @@ class SRNAS:
         self._publish_saturation()
         return (self.served is not None and metrics.workers_ready() >= CFG.workers
                 and metrics.workers_saturated() == 0 and not DRAIN.draining)
+
+    def _shed(self) -> tuple[int, str] | None:
+        """(Retry-After, why) for a request refused before its body is read (this worker is saturated)."""
+        adm = self.admission
+        if adm is None or adm.clock.stale:  # a stale estimate is refreshed first, by admitting normally
+            return None
+        why = adm.why_saturated()
+        if why is None:
+            return None
+        metrics.REFUSED.labels("shed").inc()
+        return adm.retry_after_s(adm.queue_s() / max(adm.requests, 1)), why
 
     def _publish_saturation(self) -> None:
         if self.admission is not None:
@@ -157,6 +171,8 @@ class SRNAS:
             return error(400, str(exc))
         except BadImage as exc:
             return error(exc.status, str(exc))
+        if admission.clock.stale:
+            await self._calibrate(served)
         decision = admission.admit(tile_count(width, height, CFG.overlap), cfg.steps)
         self._publish_saturation()
         if decision.work is None:
@@ -194,6 +210,22 @@ class SRNAS:
         if reason == "disconnect":  # nobody reads this answer; 499 as nginx logs a client that left
             return error(499, "client closed the request")
         return error(503, f"deadline of {CFG.deadline_s:g} s passed before the answer was ready")
+
+    async def _calibrate(self, served: Served) -> None:
+        """One timed batch-1 step, so that admission after idle time decides on the machine's speed now
+        (other programs may have taken the CPUs meanwhile); concurrent arrivals share it."""
+        if self._calibrating is None or self._calibrating.done():
+            size = served.bundle.net.cfg.image_size
+            x, level = torch.zeros(1, 6, size, size), torch.full((1,), 0.5)
+
+            def step() -> None:
+                with self.gate:
+                    t0 = time.perf_counter()
+                    served.denoiser.run(x, level)
+                    self.admission.clock.observe(1, time.perf_counter() - t0, weight=1.0)
+
+            self._calibrating = asyncio.ensure_future(anyio.to_thread.run_sync(step))
+        await asyncio.shield(self._calibrating)
 
     async def _upscale(self, data: bytes, cfg: SamplerConfig, seed: int, work: Work) -> Response:
         try:

@@ -29,19 +29,19 @@ def test_step_clock_interpolates_and_follows_contention():
     assert clock.idle_step_s(16) == pytest.approx(0.080)  # "could it ever finish" keeps the idle speed
 
 
-def test_step_clock_relaxes_to_idle_speed_without_observations(monkeypatch):
-    """A worker that refuses everything observes nothing: its estimate must not stay at a slowness of
-    minutes ago (the stuck-refusal failure of a learned latency model that only learns from what runs)."""
+def test_step_clock_goes_stale_and_a_calibration_replaces_the_old_factor(monkeypatch):
+    """A worker that refuses everything observes nothing: its factor must not stay at a slowness (or a
+    speed) of minutes ago. Once stale, one timed step replaces it outright."""
     import serving.admission as adm
 
     now = [1000.0]
     monkeypatch.setattr(adm.time, "monotonic", lambda: now[0])
-    clock = StepClock({1: 0.010, 16: 0.080}, factor=4.0, relax_s=5.0)
-    assert clock.factor == pytest.approx(4.0)
-    now[0] += 5.0
-    assert clock.factor == pytest.approx(2.5)
-    now[0] += 60.0
-    assert clock.factor == pytest.approx(1.0, abs=0.01)
+    clock = StepClock({1: 0.010, 16: 0.080}, factor=4.0, fresh_s=2.0)
+    assert not clock.stale
+    now[0] += 3.0
+    assert clock.stale and clock.factor == pytest.approx(4.0)
+    clock.observe(1, 0.012, weight=1.0)  # the calibration step: 1.2x the idle speed now
+    assert not clock.stale and clock.factor == pytest.approx(1.2)
 
 
 def test_a_request_that_fits_is_admitted_and_released():
@@ -98,4 +98,4 @@ def test_saturated_when_even_the_smallest_request_would_wait_past_the_deadline()
     assert not adm.saturated()
     big = Admission(StepClock({1: 0.010, 16: 0.080}), 16, 10.0, headroom=1.0)
     big.admit(16, 125)  # exactly the deadline
-    assert big.saturated()
+    assert big.saturated() and "past the 10 s budget" in big.why_saturated()
