@@ -244,3 +244,17 @@ def test_one_image_tag_in_the_base_is_what_both_overlays_deploy(tmp_path):
                   for c in d["spec"]["template"]["spec"]["containers"]]
         repo = "registry.example.com/srnas-gpu" if overlay == "gpu" else "registry.example.com/srnas"
         assert images == [f"{repo}:9.9.9-test"], images
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pod_leaves_the_service_at_once_and_drains_within_its_grace(overlay):
+    """Readiness turns false when a worker is saturated or draining: one failed probe must take the pod out.
+    The grace period covers the preStop pause and a drain up to the service's deadline."""
+    from serving.config import ServeConfig
+
+    pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["readinessProbe"]["failureThreshold"] == 1 and c["readinessProbe"]["periodSeconds"] <= 5
+    pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    deadline = float(env(overlay).get("SRNAS_DEADLINE_S", {}).get("value", ServeConfig().deadline_s))
+    assert pod["terminationGracePeriodSeconds"] >= pause + deadline + 10
