@@ -345,7 +345,8 @@ def markdown(res: dict[str, Any], host: str) -> str:
         rows.append(("the same with `SRNAS_DEADLINE_S=300` (admitted, then cancelled on disconnect)",
                      f"64×64: {', '.join(str(r['small_status']) for r in a)} in median {_med(a, 'small_s'):.3f} s "
                      f"(max {max(r['small_s'] for r in a):.3f}); tile-steps run {_med(a, 'tile_steps_run'):.0f} of "
-                     f"{a[0]['tile_steps_asked']:,} asked; cancelled on disconnect {_med(a, 'abandoned'):.0f}, "
+                     f"{a[0]['tile_steps_asked']:,} asked (2,500 per request); cancelled on disconnect "
+                     f"{_med(a, 'abandoned'):.0f}, "
                      f"refused {_med(a, 'refused'):.0f}; in flight back to 0 after "
                      f"{_med(a, 'inflight_zero_after_s') or float('nan'):.2f} s"))
     if "burst" in res:
@@ -406,9 +407,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated scenarios")
     ap.add_argument("--host-name", default=None, help="how the table names this host")
+    ap.add_argument("--from-json", type=Path, default=None, help="only write the table of an earlier run")
     args = ap.parse_args(argv)
     cfg = ChaosConfig(rounds=args.rounds, only=[s for s in args.only.split(",") if s])
-    res = run(cfg, args.out)
+    res = json.loads(args.from_json.read_text()) if args.from_json else run(cfg, args.out)
     if args.markdown:
         from search.latency import host_id
 

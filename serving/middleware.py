@@ -24,16 +24,20 @@ class BodyLimit:
     408 for a body not complete within `upload_timeout_s`: a client trickling its upload holds a connection
     and a worker's memory, and never reaches admission."""
 
-    def __init__(self, app, limits: dict[str, int], default: int, upload_timeout_s: float = 0) -> None:
+    def __init__(self, app, limits: dict[str, int], default: int, upload_timeout_s: float = 0,
+                 notes: dict[str, str] | None = None) -> None:
         self.app, self.limits, self.default, self.upload_timeout_s = app, limits, default, upload_timeout_s
+        self.notes = notes or {}  # what the limit allows, in the service's own terms, for the 413 message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limits.get(scope.get("path", ""), self.default)
+        note = self.notes.get(scope.get("path", ""))
+        too_big = f"request body over {limit} bytes" + (f": at most {note}" if note else "")
         length = dict(scope.get("headers", [])).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return await _json(send, 413, {"error": f"request body over {limit} bytes"})
+            return await _json(send, 413, {"error": too_big})
         seen, cut, body_done = 0, None, False
         deadline = time.monotonic() + self.upload_timeout_s if self.upload_timeout_s else None
 
@@ -50,7 +54,7 @@ class BodyLimit:
                 seen += len(msg.get("body", b""))
                 body_done = not msg.get("more_body", False)
                 if seen > limit:  # stop reading; the app's answer is replaced below
-                    cut = (413, f"request body over {limit} bytes")
+                    cut = (413, too_big)
                     return {"type": "http.disconnect"}
             return msg
 

@@ -53,7 +53,7 @@ Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, descripti
 
 
 hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale", "/denoise_tiles"),
-                  retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.timeout_s)
+                  retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.deadline_s + 5)  # admitted work ends by then
 
 
 def decode_tiles(data: bytes) -> tuple[np.ndarray, TilePlan]:
@@ -107,8 +107,9 @@ class SRNAS:
     def _load(self) -> None:
         try:
             served = load_served(self.model_dir, CFG)
-            self.admission = Admission(StepClock(served.idle_step_s(), factor=served.contention()), CFG.max_batch_size, CFG.deadline_s,
-                                       CFG.admit_headroom, CFG.max_inflight_requests, CFG.max_inflight_tiles)
+            clock = StepClock(served.idle_step_s(), factor=served.contention())
+            self.admission = Admission(clock, CFG.max_batch_size, CFG.deadline_s, CFG.admit_headroom,
+                                       CFG.max_inflight_requests, CFG.max_inflight_tiles)
             self.served = served
             SHED.check = self._shed
             metrics.WORKERS_READY.set(1)
@@ -297,5 +298,7 @@ class SRNAS:
 
 _body = CFG.limits.max_bytes + 64 * 1024  # the image plus the small form fields
 SRNAS.add_asgi_middleware(BodyLimit, limits={"/upscale": _body},
-                          default=CFG.max_batch_size * JOB_JSON_BYTES + 4096, upload_timeout_s=CFG.upload_timeout_s)
+                          default=CFG.max_batch_size * JOB_JSON_BYTES + 4096, upload_timeout_s=CFG.upload_timeout_s,
+                          notes={"/upscale": f"an image of at most {CFG.limits.max_bytes} bytes (SRNAS_MAX_BYTES) "
+                                             "and the form fields"})
 SRNAS.add_asgi_middleware(RetryAfter, seconds=CFG.retry_after_s)

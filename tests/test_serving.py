@@ -314,6 +314,7 @@ def test_streamed_body_over_the_limit_is_413(server):
     r = httpx.post(server.url + "/upscale", content=body(), timeout=60,
                    headers={"content-type": "multipart/form-data; boundary=xx"})
     assert r.status_code == 413 and "request body over" in r.json()["error"]
+    assert f"an image of at most {MAX_BYTES} bytes (SRNAS_MAX_BYTES)" in r.json()["error"]  # the service's terms
     assert httpx.get(server.url + "/livez").status_code == 200
 
 
