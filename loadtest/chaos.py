@@ -383,11 +383,39 @@ def markdown(res: dict[str, Any], host: str) -> str:
         rows.append(("SIGKILL of one of 2 workers, 6 requests in flight",
                      f"codes {k['codes']}; /readyz false after {k['readyz_false_after_s']:.2f} s, true again "
                      f"after {k['readyz_true_again_after_s'] or float('nan'):.1f} s; next request {k['after']}"))
+    verdicts = goals(res)
     table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    if verdicts:
+        table += "\n\nGoals: " + "; ".join(f"{name}: **{v}**" for name, v in verdicts.items()) + "."
     return (f"{BEGIN}\n## Serving under abuse and faults (`make chaos`)\n\n`python -m loadtest.chaos` on {host}, "
             f"client on the same machine, load average {res.get('loadavg_before', [0])[0]:.1f} before the run; "
             f"raw: `runs/chaos/chaos.json`.\n\n| scenario | measured |\n| --- | --- |\n"
             f"{table}\n{END}\n")
+
+
+def goals(res: dict[str, Any]) -> dict[str, str]:
+    """Each goal of the serving-under-abuse work, met or not, from the measurements."""
+    out: dict[str, str] = {}
+    for key in ("abandoned", "admitted"):
+        if key in res:
+            worst = max(r["small_s"] for r in res[key])
+            ok = all(r["small_status"] == 200 for r in res[key]) and worst <= 1.0
+            out[f"64×64 within 1 s after the flood ({key})"] = f"{'met' if ok else 'not met'}, max {worst:.2f} s"
+    if "paths" in res:
+        g = res["paths"][0]["metrics_growth_bytes"]
+        out["/metrics +≤ 1 KB for 1,000 paths"] = f"{'met' if g <= 1024 else 'not met'}, {g} B"
+    if "mistakes" in res:
+        bad = res["mistakes"][0]["server_errors"]
+        out["no 5xx for user mistakes"] = "met" if not bad else f"not met ({', '.join(bad)})"
+    if "spike" in res:
+        s = res["spike"]
+        misses = [f"refusals p95 {s['refusal_s_p95']:.3f} s > 0.05" for _ in [0] if (s["refusal_s_p95"] or 0) > 0.05]
+        misses += [f"{s['deadline_missed']} accepted past the deadline"] if s["deadline_missed"] else []
+        misses += [f"{s['other_5xx']} other 5xx"] if s["other_5xx"] else []
+        back = s["p50_back_within_s"]
+        misses += [f"p50 back after {back} s"] if back is None or back > 5 else []
+        out["spike"] = "met" if not misses else "not met (" + ", ".join(misses) + ")"
+    return out
 
 
 def write_markdown(path: Path, section: str) -> None:

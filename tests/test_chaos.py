@@ -29,3 +29,18 @@ def test_the_section_is_appended_once_then_replaced_in_place(tmp_path):
     second = bench.read_text()
     assert second.count(BEGIN) == 1 and "grew 12 bytes" in second and "grew 0 bytes" not in second
     assert second.endswith("a later section\n") and "someone else's section" in second
+
+
+def test_goals_are_judged_from_the_measurements():
+    from loadtest.chaos import goals
+
+    spike = {"refusal_s_p95": 0.03, "deadline_missed": 0, "other_5xx": 0, "p50_back_within_s": 3}
+    verdicts = goals({**RESULT, "spike": spike})
+    assert verdicts["no 5xx for user mistakes"] == "met" and verdicts["spike"] == "met"
+    assert verdicts["64×64 within 1 s after the flood (abandoned)"] == "met, max 0.05 s"
+    slow = goals({"abandoned": [{"small_status": 503, "small_s": 30.0}],
+                  "spike": {**spike, "refusal_s_p95": 0.2, "p50_back_within_s": None},
+                  "mistakes": [{"server_errors": ["long filename"]}]})
+    assert slow["64×64 within 1 s after the flood (abandoned)"].startswith("not met")
+    assert slow["spike"] == "not met (refusals p95 0.200 s > 0.05, p50 back after None s)"
+    assert slow["no 5xx for user mistakes"] == "not met (long filename)"
