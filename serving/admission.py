@@ -36,6 +36,8 @@ class Work:
     deadline: float  # time.monotonic() by which the answer is due
     done: int = 0
     cancelled: bool = False
+    estimate_s: float = 0.0  # when the step model expected the answer, from admission on (without the lag)
+    admitted_at: float = 0.0
 
     @property
     def total(self) -> int:
@@ -112,6 +114,10 @@ class Admission:
     max_requests: int = 16
     max_tiles: int = 256
     admitted: list[Work] = field(default_factory=list)
+    # seconds the answers came later than estimated (an average over answered requests, >= 0): what the
+    # step model leaves out, such as decoding, encoding and the event loop's share of busy CPUs
+    lag_s: float = 0.0
+    lag_alpha: float = 0.2
 
     @property
     def requests(self) -> int:
@@ -140,7 +146,7 @@ class Admission:
         batch = max(1, min(self.max_batch, self.tiles + tiles))
         queued = sum(w.remaining for w in self.admitted if not w.cancelled)
         shared = (queued + tiles * steps) * self.clock.step_s(batch) / batch
-        return max(shared, self.alone_s(tiles, steps))
+        return max(shared, self.alone_s(tiles, steps)) + self.lag_s
 
     def saturated(self) -> bool:
         """Past the queue bound: even a one-tile, one-step request would be refused now."""
@@ -173,7 +179,8 @@ class Admission:
         if est > budget:
             return self._busy("queue", f"this request would finish in about {est:.1f} s behind the work "
                                        f"queued, past the {budget:.0f} s budget", est - budget)
-        work = Work(tiles, steps, time.monotonic() + self.deadline_s)
+        now = time.monotonic()
+        work = Work(tiles, steps, now + self.deadline_s, estimate_s=est - self.lag_s, admitted_at=now)
         self.admitted.append(work)
         return Decision(work=work)
 
@@ -186,9 +193,19 @@ class Admission:
         return Decision(status=503, reason=reason, retry_after_s=self.retry_after_s(wait_s),
                         message=f"over capacity: {why}")
 
-    def release(self, work: Work) -> None:
+    def describe(self) -> dict[str, float | int]:
+        """This worker's admission state, for /info."""
+        return {"requests": self.requests, "tiles": self.tiles, "queue_s": round(self.queue_s(), 3),
+                "slowdown": round(self.clock.factor, 3), "lag_s": round(self.lag_s, 3),
+                "idle_step_s": {str(b): round(s, 5) for b, s in self.clock.base.items()}}
+
+    def release(self, work: Work, answered: bool = False) -> None:
+        """`answered`: the request ran to its answer, so its time corrects the estimates that follow."""
         if work in self.admitted:
             self.admitted.remove(work)
+        if answered and work.admitted_at:
+            late = (time.monotonic() - work.admitted_at) - work.estimate_s
+            self.lag_s = max(0.0, self.lag_s + self.lag_alpha * (late - self.lag_s))
 
 
 def _smaller(steps: int) -> str:

@@ -150,7 +150,10 @@ class SRNAS:
                 "max_latency_ms": CFG.max_latency_ms, "deadline_s": CFG.deadline_s,
                 "admit_headroom": CFG.admit_headroom, "workers": CFG.workers, "threads": CFG.threads,
                 "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles,
-                "tile_batching": self.denoise_batched.resolve(), "solo_direct": bool(CFG.solo_direct)}
+                "tile_batching": self.denoise_batched.resolve(), "solo_direct": bool(CFG.solo_direct),
+                "upload_timeout_s": CFG.upload_timeout_s,
+                # the worker that answered: the step speed it assumes now and the work it holds
+                "admission": self.admission.describe() if self.admission else None}
 
     @bentoml.api(route="/upscale")
     async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
@@ -181,10 +184,12 @@ class SRNAS:
             return error(decision.status, decision.message, decision.retry_after_s)
         work = decision.work
         metrics.INFLIGHT.inc()
+        answer: Response | None = None
         try:
-            return await self._until_done_or_abandoned(work, self._upscale(data, cfg, seed, work))
+            answer = await self._until_done_or_abandoned(work, self._upscale(data, cfg, seed, work))
+            return answer
         finally:
-            admission.release(work)
+            admission.release(work, answered=answer is not None and answer.status_code == 200)
             self._publish_saturation()
             metrics.INFLIGHT.dec()
 

@@ -256,6 +256,8 @@ def test_info_describes_the_served_model(server):
     assert info["backend"]["name"] == "onnxruntime" and info["backend"]["label"] == "onnxruntime-fp32"
     assert info["defaults"] == {"steps": 1, "sampler": "ddim", "eta": 0.0}
     assert info["limits"]["max_pixels"] == MAX_PIXELS
+    adm = info["limits"]["admission"]  # the answering worker's admission state
+    assert adm["slowdown"] > 0 and adm["queue_s"] >= 0 and set(adm["idle_step_s"]) == {"1", "16"}
     observed = info["step_latency"]["onnxruntime-fp32"]["1"]
     assert observed["count"] >= 1 and 0 < observed["observed_s"] < 10
     assert "/store" not in info["path"] and "srnas-default" in info["path"]  # served from the model store

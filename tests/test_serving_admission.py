@@ -99,3 +99,22 @@ def test_saturated_when_even_the_smallest_request_would_wait_past_the_deadline()
     big = Admission(StepClock({1: 0.010, 16: 0.080}), 16, 10.0, headroom=1.0)
     big.admit(16, 125)  # exactly the deadline
     assert big.saturated() and "past the 10 s budget" in big.why_saturated()
+
+
+def test_answers_later_than_estimated_raise_later_estimates(monkeypatch):
+    """What the step model leaves out (decoding, encoding, a busy event loop) is learnt from the answers."""
+    import serving.admission as adm
+
+    now = [100.0]
+    monkeypatch.setattr(adm.time, "monotonic", lambda: now[0])
+    a = admission(deadline=10)
+    before = a.estimate_s(1, 10)
+    for _ in range(30):
+        w = a.admit(1, 10).work
+        now[0] += w.estimate_s + 0.5  # every answer comes 0.5 s after its estimate
+        a.release(w, answered=True)
+    assert a.lag_s == pytest.approx(0.5, abs=0.01)
+    assert a.estimate_s(1, 10) == pytest.approx(before + 0.5, abs=0.01)
+    w = a.admit(1, 10).work
+    a.release(w)  # cancelled or refused later: says nothing about the estimate
+    assert a.lag_s == pytest.approx(0.5, abs=0.01)
