@@ -179,8 +179,10 @@ def test_user_mistakes_get_4xx_json(server, name):
 
 
 def test_text_instead_of_file_is_not_fetched(server):
-    r = httpx.post(server.url + "/upscale", data={"image": "http://127.0.0.1:1/never.png"},
-                   headers={}, files={"x": ("x", b"")}, timeout=30)
+    body = (b'--b\r\nContent-Disposition: form-data; name="image"\r\n\r\nhttp://127.0.0.1:1/never.png\r\n'
+            b"--b--\r\n")  # multipart, with the image field as text (not a file part)
+    r = httpx.post(server.url + "/upscale", content=body, timeout=30,
+                   headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 415, r.text
     assert "not a PNG" in r.json()["error"]
 
