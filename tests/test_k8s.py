@@ -258,3 +258,12 @@ def test_the_pod_leaves_the_service_at_once_and_drains_within_its_grace(overlay)
     pause = c["lifecycle"]["preStop"]["sleep"]["seconds"]
     deadline = float(env(overlay).get("SRNAS_DEADLINE_S", {}).get("value", ServeConfig().deadline_s))
     assert pod["terminationGracePeriodSeconds"] >= pause + deadline + 10
+
+
+def test_dashboard_shows_refusals_cancellations_and_saturation():
+    """The admission outcomes an operator needs during overload, each from a metric the service exports."""
+    dashboard = json.loads(one("cpu", "ConfigMap")["data"]["srnas-dashboard.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    service = (ROOT / "serving" / "metrics.py").read_text()
+    for name in ("sr_refused_requests", "sr_abandoned_requests", "sr_workers_saturated"):
+        assert name in exprs and f'"{name}"' in service
