@@ -65,24 +65,31 @@ def group_norm(groups: int, channels: int) -> nn.GroupNorm:
 class SearchSlot(nn.Module):
     """One architecture decision: named choices and their parameters alpha.
 
-    `weigh` turns alpha into weights; the search installs softmax, temperature or Gumbel relaxations.
+    `weigh(alpha, slot, training)` turns alpha into weights; the search installs softmax, temperature or
+    Gumbel relaxations (which record each training sample by slot name, so costs can price it).
     """
 
     def __init__(self, slot: str, names: Sequence[str]):
         super().__init__()
         self.slot, self.names = slot, list(names)
         self.alpha = nn.Parameter(torch.zeros(len(self.names)))
-        self.weigh: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.weigh: Callable[..., torch.Tensor] | None = None
 
     def weights(self) -> torch.Tensor:
-        return torch.softmax(self.alpha, 0) if self.weigh is None else self.weigh(self.alpha)
+        if self.weigh is None:
+            return torch.softmax(self.alpha, 0)
+        return self.weigh(self.alpha, self.slot, self.training)
+
+    def probs(self) -> torch.Tensor:
+        """Deterministic probabilities of the choices (what eval mode uses)."""
+        return torch.softmax(self.alpha, 0) if self.weigh is None else self.weigh(self.alpha, self.slot, False)
 
 
 class MixedOp(SearchSlot):
     """A searchable operator slot: its candidates' outputs summed with the slot's weights.
 
-    With `single_path` (hard Gumbel, GDAS-style) only the sampled candidate runs; its output is scaled by
-    its straight-through weight (1 in value), so alpha still receives a gradient.
+    With `single_path` (hard Gumbel, GDAS-style) only the sampled candidate runs while training; its output is
+    scaled by its straight-through weight (1 in value), so alpha still receives a gradient.
     """
 
     def __init__(self, slot: str, candidates: dict[str, nn.Module]):
@@ -92,7 +99,7 @@ class MixedOp(SearchSlot):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         w = self.weights()
-        if self.single_path:
+        if self.single_path and self.training:
             i = int(torch.argmax(w.detach()))
             return w[i] * self.candidates[self.names[i]](*args)
         out: torch.Tensor | None = None
@@ -106,18 +113,28 @@ class MixedOp(SearchSlot):
 class WidthSlot(SearchSlot):
     """A searchable width: the channel fraction of one UNet level (names such as "1" and "0.5").
 
-    Channel counts cannot be blended, so the supernet runs one width per level per step: sampled by
-    hard Gumbel-softmax while training (the straight-through weight gates the level's outputs) and the
-    most likely width in eval mode. Its probabilities, softmax(alpha), weight the expected costs.
+    Channel counts cannot be blended, so the supernet runs one width per level per step while training,
+    drawn the way the installed relaxation draws: the Gumbel sample's argmax in Gumbel modes, a draw from the
+    (temperature) softmax otherwise. A straight-through gate (1 in value, the chosen weight's gradient) gates
+    the level's outputs; the chosen one-hot is recorded like an operator's sample. Eval mode runs the most
+    likely width.
     """
 
     def choose(self, training: bool) -> tuple[str, torch.Tensor | None]:
         """(width name, straight-through gate or None in eval mode)."""
         if not training:
-            return self.names[int(torch.argmax(self.weights().detach()))], None
-        hard = F.gumbel_softmax(self.alpha, tau=1.0, hard=True)
-        i = int(torch.argmax(hard.detach()))
-        return self.names[i], hard[i]
+            return self.names[int(torch.argmax(self.probs().detach()))], None
+        w = self.weights()
+        if getattr(self.weigh, "stochastic", False):
+            i = int(torch.argmax(w.detach()))
+        else:
+            i = int(torch.multinomial(w.detach(), 1))
+        one_hot = F.one_hot(torch.tensor(i), len(self.names)).to(w.dtype)
+        straight = one_hot + w - w.detach()
+        samples = getattr(self.weigh, "samples", None)
+        if samples is not None:
+            samples[self.slot] = straight
+        return self.names[i], straight[i]
 
 
 def choice_module(slot: str, choice: Choice, build: Callable[[str], nn.Module]) -> nn.Module:
@@ -141,7 +158,10 @@ class NoiseEmbedding(nn.Module):
         half = self.dim // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=noise_level.device) / half)
         arg = self.scale * noise_level.float()[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.sin(arg), torch.cos(arg)], dim=1))
+        parts = [torch.sin(arg), torch.cos(arg)]
+        if self.dim % 2:  # an odd width (a uniformly narrowed network) pads one constant feature
+            parts.append(torch.zeros_like(arg[:, :1]))
+        return self.mlp(torch.cat(parts, dim=1))
 
 
 class ConvUnit(nn.Module):

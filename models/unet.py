@@ -139,7 +139,7 @@ class UNet(nn.Module):
                                  _paired_slots(self, net))
         net, plan, pairs = self._narrow[key]
         net.train(self.training)
-        for mine, theirs in pairs:  # the narrow copy's operator slots weigh alpha exactly as ours do
+        for mine, theirs in pairs:  # the narrow copy's operator slots weigh (and record) alpha exactly as ours do
             theirs.weigh, theirs.single_path = mine.weigh, mine.single_path
         return net, apply_plan(plan, dict(self.named_parameters()))
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -13,14 +14,20 @@ from search.configfile import read_yaml
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return vals
+def _numbers(kind: type, what: str) -> Callable[[str], list]:
+    """An argparse type for comma-separated numbers of one kind."""
+    def parse(text: str) -> list:
+        try:
+            vals = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}s, got {text!r}") from None
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected at least one {what}")
+        return vals
+    return parse
+
+
+_int_list, _float_list = _numbers(int, "integer"), _numbers(float, "number")
 
 
 def _str_list(text: str) -> list[str]:
@@ -86,6 +93,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lut", help="latency lookup table from `srnas profile`")
     p.add_argument("--warmup-alpha", type=int, help="weight-only steps before alpha moves")
     p.add_argument("--alpha-lr", type=float)
+    p.add_argument("--cost-ramp", type=int, help="alpha steps over which the cost weight ramps in")
+    p.add_argument("--skip-cap", type=float, help="expected share of second units on skip above which it is penalised")
+    p.add_argument("--lambda-skip", type=float, help="weight of the skip penalty (0: off)")
     p.add_argument("--t-schedule", choices=["tanh", "linear", "exp"])
     p.add_argument("--t-max", type=float)
     p.add_argument("--t-min", type=float)
@@ -152,7 +162,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search.nas import SearchConfig, SearchTrainer
 
     fields = _config_fields(args)
-    for key in ("space", "relax", "cost", "lut", "warmup_alpha", "alpha_lr"):
+    for key in ("space", "relax", "cost", "lut", "warmup_alpha", "alpha_lr", "cost_ramp", "skip_cap", "lambda_skip"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     loss = dict(fields.pop("cost_loss", {}) or {})
@@ -387,6 +397,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--data", default="builtin")
     p.add_argument("--lr-dir")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="val (selection) or test (reporting)")
     p.add_argument("--steps", type=_int_list, default=[10, 20, 50], help="comma-separated, e.g. 10,20,50")
     p.add_argument("--samplers", type=_str_list, default=["ddim", "ddpm"])
     p.add_argument("--eta", type=float, default=0.0)
@@ -417,7 +428,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             SamplerConfig(s, k, args.eta).validate(bundle.diffusion.schedule.T)
     if args.crops < 1 or args.batch < 1:
         raise UserError("--crops and --batch must be >= 1")
-    cfg = EvalConfig(args.data, args.lr_dir, args.steps, args.samplers, args.crops, args.batch, args.seed, args.eta)
+    cfg = EvalConfig(args.data, args.lr_dir, args.steps, args.samplers, args.crops, args.batch, args.seed, args.eta,
+                     split=args.split)
     report = evaluate(bundle, cfg, args.out, progress=not args.no_progress)
     b = report["bicubic"]
     print(f"{'':>12} {'PSNR(Y)':>8} {'SSIM(Y)':>8}   ({report['crops']} crops of {', '.join(report['images'])})")
@@ -631,6 +643,53 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- pareto --------------------------------------------------------------------------------
+def _add_pareto(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pareto", help="the Pareto study: searched subnets against baselines at matched latency and "
+                                      "equal training budget; resumes from its results folder")
+    p.add_argument("--config", default="search/recipes/pareto-tiny.yaml", help="the study's settings (YAML)")
+    p.add_argument("--out", default="runs/pareto", help="run folder (training runs and checkpoints)")
+    p.add_argument("--results", help="results folder: pareto.json, plot, best models "
+                                     "(default bench/results/pareto; OUT/results if --quick)")
+    p.add_argument("--markdown", help="file for the report section (default BENCHMARKS.md; OUT/report.md if --quick)")
+    p.add_argument("--relax", type=_str_list, help="relaxations to search with (default: the config's)")
+    p.add_argument("--targets", type=_float_list, help="latency targets, multiples of the floor (default: the config's)")
+    p.add_argument("--lut", help="latency table of the serving configuration (default: the config's)")
+    p.add_argument("--data", help="'builtin' or a folder with train/val/test subfolders (default: the config's)")
+    p.add_argument("--threads", type=int, help="torch threads for training (default: the config's; 1 is far faster "
+                                                "than 2 when other work shares the CPUs)")
+    p.add_argument("--commit", action="store_true", help="commit the results folder with git after every point")
+    p.add_argument("--report-only", action="store_true", help="rewrite the plot and the report from pareto.json")
+    p.add_argument("--retime-floor", action="store_true", help="time the floor again (on a quiet machine) and rescale "
+                                                               "every figure, then rewrite the report")
+    p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in a few minutes")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pareto)
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from search import pareto, pareto_report
+
+    given = {"relaxations": args.relax, "targets": args.targets, "lut": args.lut, "data": args.data,
+             "train_threads": args.threads}
+    cfg = pareto.load_config(args.config, **{**(pareto.QUICK if args.quick else {}),
+                                             **{k: v for k, v in given.items() if v is not None}})
+    pareto.validate(cfg)
+    out = Path(args.out)
+    results = Path(args.results or (out / "results" if args.quick else pareto.ROOT / "bench" / "results" / "pareto"))
+    markdown = Path(args.markdown or (out / "report.md" if args.quick else pareto.ROOT / "BENCHMARKS.md"))
+    study = pareto.Study(cfg, out, results, commit=args.commit)
+    if args.retime_floor:
+        print(f"floor: {study.retime_floor():.2f} ms/step")
+    done = args.report_only or args.retime_floor
+    state = study.state if done else study.run(progress=not args.no_progress)
+    figure = pareto_report.plot(state, results / "pareto.png")
+    rel = os.path.relpath(figure, markdown.parent) if figure else None
+    pareto_report.write_section(markdown, pareto_report.markdown(state, rel))
+    print(f"{len(state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
+    return 0
+
+
 # ---- ablate --------------------------------------------------------------------------------
 def _add_ablate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablate", help="quality-recipe ablation: one factor of the training recipe changed per run, "
@@ -665,7 +724,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
-                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench, _add_pipeline, _add_ablate):
+                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench, _add_pipeline, _add_ablate, _add_pareto):
         add(sub)
     return parser
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -46,18 +47,25 @@ class SlotCosts:
                                               device=device)
         return self._vectors[key]
 
-    def expected(self, net: torch.nn.Module) -> torch.Tensor:
-        probs = {w.slot: dict(zip(w.names, w.weights().double().unbind())) for w in width_slots(net)}
-        weights = [(m.slot, m.names, m.weights().double()) for m in mixed_ops(net).values()]
+    def expected(self, net: torch.nn.Module, of: str = "probs") -> torch.Tensor:
+        """The cost under each slot's weights, differentiable in alpha. `of` picks the weights:
+        "probs", the slots' probabilities (the expected cost); "sample", the weights the last training forward
+        drew (Gumbel runs: the architecture that actually ran); "argmax", the architecture that will be extracted
+        (its cost in value, the expected cost's gradient: straight-through)."""
+        weigh = _weights_of(of)
+        probs = {w.slot: dict(zip(w.names, weigh(w).unbind())) for w in width_slots(net)}
+        weights = [(m.slot, m.names, weigh(m)) for m in mixed_ops(net).values()]
         dev = weights[0][2].device if weights else torch.device("cpu")
         total = torch.zeros((), dtype=torch.float64, device=dev)
         for ctx, fixed in self.fixed.items():
-            cost = torch.tensor(fixed, dtype=torch.float64, device=dev)
-            for slot, names, w in weights:
-                cost = cost + (w * self._vector(slot, ctx, names, dev)).sum()
             p = torch.ones((), dtype=torch.float64, device=dev)
             for k, v in self._widths[ctx].items():
                 p = p * probs[k][v]
+            if not p.requires_grad and of != "probs" and float(p) == 0.0:  # a context that cannot occur
+                continue
+            cost = torch.tensor(fixed, dtype=torch.float64, device=dev)
+            for slot, names, w in weights:
+                cost = cost + (w * self._vector(slot, ctx, names, dev)).sum()
             total = total + p * cost
         return total
 
@@ -69,9 +77,41 @@ class SlotCosts:
         return {"fixed": self.fixed, "per_slot": self.per_slot}
 
 
+COST_OF = ("probs", "sample", "argmax")
+
+
+def _weights_of(of: str):  # -> Callable[[SearchSlot], torch.Tensor]
+    if of not in COST_OF:
+        raise ValueError(f"unknown cost weights {of!r}; choose from {', '.join(COST_OF)}")
+
+    def probs(m) -> torch.Tensor:
+        return m.probs().double()
+
+    def sample(m) -> torch.Tensor:
+        drawn = getattr(m.weigh, "samples", {}).get(m.slot)
+        return probs(m) if drawn is None else drawn.double()
+
+    def argmax(m) -> torch.Tensor:
+        p = probs(m)
+        return torch.nn.functional.one_hot(p.detach().argmax(), p.numel()).double() + p - p.detach()
+
+    return {"probs": probs, "sample": sample, "argmax": argmax}[of]
+
+
+_FLOPS_CACHE: dict[str, SlotCosts] = {}
+
+
 def slot_flops(net: UNet, size: int = 128, batch: int = 1) -> SlotCosts:
     """FLOPs of each candidate at its real input shape, per width context; the rest is what a whole
-    network adds beyond its candidates."""
+    network adds beyond its candidates. Counted once per network config in a process (a study runs many
+    searches over one supernet)."""
+    key = json.dumps([net.cfg.to_dict(), size, batch], sort_keys=True)
+    if key not in _FLOPS_CACHE:
+        _FLOPS_CACHE[key] = _count_slot_flops(net, size, batch)
+    return _FLOPS_CACHE[key]
+
+
+def _count_slot_flops(net: UNet, size: int, batch: int) -> SlotCosts:
     names = [w.slot for w in width_slots(net)]
     per_slot: dict[str, dict[str, dict[str, float]]] = {m.slot: {} for m in mixed_ops(net).values()}
     fixed: dict[str, float] = {}

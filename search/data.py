@@ -16,10 +16,20 @@ from models.errors import UserError
 from models.imaging import MIN_SIDE, SCALE, bicubic_down, bicubic_up, to_float, to_rgb
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-# scikit-image's color photographs, split by image. The two motorcycle views stay together.
-BUILTIN_TRAIN = ("chelsea.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
-                 "hubble_deep_field.jpg", "retina.jpg", "ihc.png")
-BUILTIN_VAL = ("astronaut.png", "coffee.png")
+# Every suitable image inside scikit-image's wheel, split by image (the two motorcycle views stay together):
+# the colour photographs and the natural or texture grey ones (grey is replicated to RGB). Left out:
+# synthetic (chessboard_*, color, logo, phantom), binary (horse), text (page, text), and files too small
+# for a 128 px crop (microaneurysms, multipage*, no_time_for_that_tiny).
+# "train" is every training image; its "alpha" part feeds only the architecture parameters during a search.
+BUILTIN_SPLITS: dict[str, tuple[str, ...]] = {
+    "train": ("chelsea.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png", "hubble_deep_field.jpg",
+              "brick.png", "cell.png", "ihc.png", "clock_motion.png", "grass.png"),
+    "alpha": ("ihc.png", "clock_motion.png", "grass.png"),
+    "val": ("retina.jpg", "coins.png", "gravel.png"),
+    "test": ("astronaut.png", "coffee.png", "camera.png", "moon.png"),
+}
+SPLITS = tuple(BUILTIN_SPLITS)
+BUILTIN_TRAIN, BUILTIN_VAL, BUILTIN_TEST = BUILTIN_SPLITS["train"], BUILTIN_SPLITS["val"], BUILTIN_SPLITS["test"]
 
 
 class DataError(UserError):
@@ -66,12 +76,12 @@ def make_pair(name: str, hr_u8: np.ndarray, lr_u8: np.ndarray | None = None) -> 
 
 
 def builtin_pairs(split: str) -> list[Pair]:
-    """scikit-image's bundled colour photos; nothing is downloaded."""
+    """scikit-image's bundled images of one split; nothing is downloaded."""
     import skimage
 
-    names = {"train": BUILTIN_TRAIN, "val": BUILTIN_VAL}.get(split)
+    names = BUILTIN_SPLITS.get(split)
     if names is None:
-        raise DataError(f"unknown split {split!r}; use train or val")
+        raise DataError(f"unknown split {split!r}; use {', '.join(SPLITS)}")
     root = Path(skimage.__file__).parent / "data"  # files inside the wheel, read directly
     return [make_pair(Path(n).stem, load_rgb(root / n)) for n in names]
 
@@ -105,12 +115,17 @@ def _lr_file(lr_dir: Path, hr_file: Path) -> Path:
 
 
 def load_pairs(source: str, split: str, lr_dir: str | None = None) -> list[Pair]:
-    """`builtin`, or a HR folder (DIV2K layout; a split subfolder `train`/`val` is used if present)."""
+    """`builtin`, or a HR folder (DIV2K layout; a split subfolder `train`/`alpha`/`val`/`test` is used if present)."""
     if source == "builtin":
         return builtin_pairs(split)
     root = Path(source)
     sub = root / split
     return folder_pairs(sub if sub.is_dir() else root, lr_dir)
+
+
+def has_split(source: str, split: str) -> bool:
+    """Whether the data names its own `split` (the built-in images do; a folder needs the subfolder)."""
+    return split in BUILTIN_SPLITS if source == "builtin" else (Path(source) / split).is_dir()
 
 
 # Bicubic a=-0.5 at x2 reads 2 LR pixels either side; 4 keeps crops identical to the full upsample.

@@ -30,9 +30,11 @@ class EvalConfig:
     seed: int = 0
     eta: float = 0.0
     trajectory_steps: int = 20  # the trajectory figure follows a longer path than the best setting's
+    split: str = "val"  # selection uses val; reported figures use test
 
 
-def _scores(images: np.ndarray, hrs: list[np.ndarray]) -> dict[str, float]:
+def scores(images: np.ndarray, hrs: list[np.ndarray]) -> dict[str, float]:
+    """Mean PSNR and SSIM on Y of float CHW images in [-1, 1] against uint8 HR crops."""
     sr = [to_uint8(x) for x in images]
     return {"psnr_y": float(np.mean([psnr_y(a, b) for a, b in zip(sr, hrs)])),
             "ssim_y": float(np.mean([ssim_y(a, b) for a, b in zip(sr, hrs)]))}
@@ -44,17 +46,17 @@ def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = 
 
     `denoiser` runs the network on another runtime (ONNX Runtime, a quantized variant); torch by default.
     """
-    crops = eval_crops(load_pairs(cfg.data, "val", cfg.lr_dir), per_image=cfg.crops_per_image)
+    crops = eval_crops(load_pairs(cfg.data, cfg.split, cfg.lr_dir), per_image=cfg.crops_per_image)
     if not crops:
-        raise ValueError("no validation crop of 128x128 could be cut from the data")
+        raise ValueError(f"no {cfg.split} crop of 128x128 could be cut from the data")
     names = [c[0] for c in crops]
     bic = np.stack([c[2] for c in crops])
     hrs = [to_uint8(c[3]) for c in crops]
     seeds = tile_seeds(cfg.seed, len(crops))
     denoise = denoiser or torch_denoiser(bundle.net)
-    report: dict[str, Any] = {"model": str(bundle.path), "preset": bundle.preset, "crops": len(crops),
+    report: dict[str, Any] = {"model": str(bundle.path), "preset": bundle.preset, "split": cfg.split, "crops": len(crops),
                               "images": sorted({n.split("#")[0] for n in names}),
-                              "bicubic": _scores(bic, hrs), "results": []}
+                              "bicubic": scores(bic, hrs), "results": []}
     best, runs = None, [(s, k) for s in cfg.samplers for k in cfg.steps]
     for sampler, steps in tqdm(runs, disable=not progress, desc="evaluate"):
         scfg = SamplerConfig(sampler, steps, cfg.eta)
@@ -63,7 +65,7 @@ def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = 
         outs = [sample(denoise, bundle.diffusion, torch.from_numpy(bic[i: i + cfg.batch]), scfg, seeds[i: i + cfg.batch]).numpy()
                 for i in range(0, len(bic), cfg.batch)]
         sr = np.concatenate(outs)
-        row = {"sampler": sampler, "steps": steps, "eta": cfg.eta, **_scores(sr, hrs),
+        row = {"sampler": sampler, "steps": steps, "eta": cfg.eta, **scores(sr, hrs),
                "seconds": time.perf_counter() - t0}
         row["gain_db"] = row["psnr_y"] - report["bicubic"]["psnr_y"]
         report["results"].append(row)

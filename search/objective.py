@@ -36,22 +36,23 @@ class CostLossConfig:
 
 
 def cost_loss(task: torch.Tensor, cfg: CostLossConfig, flops: torch.Tensor | None = None,
-              latency: torch.Tensor | None = None) -> torch.Tensor:
-    """Combine the task loss with whichever expected costs are given (None = not used)."""
+              latency: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    """Combine the task loss with whichever costs are given (None = not used); `scale` in [0, 1] ramps the
+    cost's weight in (the FBNet factor is raised to it, so 0 leaves the task loss alone)."""
     if cfg.form == "additive":
         out = task
         if flops is not None:
-            out = out + cfg.lambda_flops * flops
+            out = out + scale * cfg.lambda_flops * flops
         if latency is not None:
-            out = out + cfg.lambda_latency * latency
+            out = out + scale * cfg.lambda_latency * latency
         return out
     if cfg.form == "fbnet":
         if latency is None:
             raise ValueError("the fbnet form needs a latency cost")
-        return task * cfg.fbnet_alpha * torch.log(latency * 1e3).clamp_min(1e-6) ** cfg.fbnet_beta
+        return task * (cfg.fbnet_alpha * torch.log(latency * 1e3).clamp_min(1e-6) ** cfg.fbnet_beta) ** scale
     penalty = torch.zeros(())
     if flops is not None and cfg.target_flops:
         penalty = penalty + torch.relu(flops / cfg.target_flops - 1)
     if latency is not None and cfg.target_latency:
         penalty = penalty + torch.relu(latency / cfg.target_latency - 1)
-    return task + cfg.lambda_budget * penalty
+    return task + scale * cfg.lambda_budget * penalty

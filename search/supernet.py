@@ -126,7 +126,7 @@ def one_hot_weights(net: torch.nn.Module, arch: dict[str, str]) -> None:
     """Make every slot use exactly its `arch` choice (weight 1, others 0; widths take effect in eval mode)."""
     for m in search_slots(net):
         idx = m.names.index(arch[m.slot])
-        m.weigh = lambda a, i=idx: torch.nn.functional.one_hot(torch.tensor(i), a.numel()).to(a.dtype)
+        m.weigh = lambda a, slot="", training=True, i=idx: torch.nn.functional.one_hot(torch.tensor(i), a.numel()).to(a.dtype)
 
 
 def space_config(base: UNetConfig, space: dict[str, list[str]]) -> UNetConfig:

@@ -167,11 +167,15 @@ class Trainer:
         _, bic, hr = sampler.batch(self.cfg.batch)
         return torch.from_numpy(bic).to(self.device), torch.from_numpy(hr).to(self.device)
 
-    def weight_step(self) -> float:
+    def weight_loss(self) -> torch.Tensor:
+        """The training objective on the next batch (the SR3 loss; other networks change this alone)."""
         bic, hr = self.batch(self.data)
+        return self.diffusion.loss(self.model, hr, bic, self.gen, self.teacher, self.cfg.distill)
+
+    def weight_step(self) -> float:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
-        loss = self.diffusion.loss(self.model, hr, bic, self.gen, self.teacher, self.cfg.distill)
+        loss = self.weight_loss()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.weight_parameters(), self.cfg.grad_clip)

@@ -3,18 +3,29 @@ import pytest
 from PIL import Image
 
 from models.imaging import bicubic_down, bicubic_up, to_float, to_rgb, to_uint8
-from search.data import (BUILTIN_TRAIN, BUILTIN_VAL, CropSampler, DataError, builtin_pairs, crop, eval_crops,
+from search.data import (BUILTIN_TEST, BUILTIN_TRAIN, BUILTIN_VAL, SPLITS, CropSampler, DataError, builtin_pairs, crop, eval_crops,
                          folder_pairs, load_pairs, load_rgb)
 from tests.conftest import rgb
 
 
-def test_builtin_split_is_by_image_and_colour():
-    train, val = builtin_pairs("train"), builtin_pairs("val")
-    assert {p.name for p in train}.isdisjoint({p.name for p in val})
-    assert len(train) == len(BUILTIN_TRAIN) and len(val) == len(BUILTIN_VAL)
-    for p in train + val:
+def test_builtin_splits_are_disjoint_by_image_and_alpha_is_part_of_train():
+    splits = {name: builtin_pairs(name) for name in SPLITS}
+    names = {k: {p.name for p in v} for k, v in splits.items()}
+    assert names["alpha"] < names["train"]
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
+        assert names[a].isdisjoint(names[b]), (a, b)
+    assert {"motorcycle_left", "motorcycle_right"} <= names["train"]  # both views of one scene on one side
+    assert len(splits["train"]) == len(BUILTIN_TRAIN) and len(splits["test"]) == len(BUILTIN_TEST) >= 4
+    for p in [p for v in splits.values() for p in v]:
         assert p.hr.shape[0] == 3 and p.hr.shape[1] == 2 * p.lr.shape[1] and p.hr.shape[2] == 2 * p.lr.shape[2]
-        assert np.abs(p.hr[0] - p.hr[1]).mean() > 0.01  # genuinely colour
+        assert min(p.hr.shape[1:]) >= 128  # every image gives at least one evaluation crop
+    grey = [p for p in splits["test"] if np.abs(p.hr[0] - p.hr[1]).mean() == 0]
+    assert grey and len(grey) < len(splits["test"])  # grey images replicated to RGB beside colour photos
+
+
+def test_an_unknown_split_is_a_user_error():
+    with pytest.raises(DataError, match="unknown split"):
+        builtin_pairs("holdout")
 
 
 def test_crops_match_the_full_image_upsample():
@@ -98,5 +109,6 @@ def test_load_rgb_converts_modes_and_refuses_tiny(tmp_path):
 def test_eval_crops_are_fixed():
     a = eval_crops(builtin_pairs("val"), per_image=4)
     b = eval_crops(builtin_pairs("val"), per_image=4)
-    assert len(a) == 8 and all(np.array_equal(x[3], y[3]) for x, y in zip(a, b))
-    assert len({x[0] for x in a}) == 8
+    n = 4 * len(BUILTIN_VAL)
+    assert len(a) == n and all(np.array_equal(x[3], y[3]) for x, y in zip(a, b))
+    assert len({x[0] for x in a}) == n

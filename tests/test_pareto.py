@@ -1,0 +1,113 @@
+"""The Pareto study: its plan, its refusals, its report, and one --quick run end to end."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from search import pareto, pareto_report
+from search.pareto import StudyConfig, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_plan_runs_every_kind_at_every_target_with_the_first_seed_first():
+    cfg = StudyConfig()
+    points = plan(cfg)
+    names = [p.name for p in points]
+    assert len(names) == len(set(names))
+    assert [p.kind for p in points[:3]] == ["floor"] * 3
+    per_target = len(cfg.relaxations) * len(cfg.seeds) + 2 * len(cfg.baseline_seeds) + cfg.random_archs
+    assert len(points) == 3 + 4 * per_target + len(cfg.seeds)  # temperature at one target
+    for t in cfg.targets:
+        mine = [p for p in points if p.target == t]
+        kinds = [p.kind for p in mine]
+        assert {"searched", "random", "narrowed", "classic"} <= set(kinds)
+        first_rest = kinds.index("random") + cfg.random_archs  # every kind's first seed before any second seed
+        assert all(p.seed == cfg.seeds[0] for p in mine[:first_rest] if p.kind != "random")
+    searched = [p for p in points if p.kind == "searched"]
+    assert {p.relax for p in searched if p.target == 2.0} == {"softmax", "gumbel-hard", "temperature"}
+    assert {p.relax for p in searched if p.target == 1.25} == {"softmax", "gumbel-hard"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--relax", "softmax,annealing"], "unknown relaxation annealing"),
+    (["--targets", "0.8,2"], "must be above 1"),
+    (["--lut", "search/luts/none.json"], "no such latency table"),
+    (["--lut", "search/luts/tiny-default-ort.json"], "timed with 2 runtime threads"),
+])
+def test_bad_input_is_one_line_and_exit_2_with_nothing_written(run_srnas, tmp_path, args, message):
+    results = tmp_path / "results"
+    r = run_srnas("pareto", "--out", str(tmp_path / "run"), "--results", str(results), *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not results.exists() and not (tmp_path / "run").exists()
+
+
+def test_an_empty_data_folder_is_refused(run_srnas, tmp_path):
+    (tmp_path / "data").mkdir()
+    r = run_srnas("pareto", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "data"))
+    assert r.returncode == 2 and "no images found" in r.stderr and "Traceback" not in r.stderr
+
+
+def _row(name, kind, target, seed, test, val, ms, relax=None, **extra):
+    return {"name": name, "kind": kind, "relax": relax, "target": target, "seed": seed, "psnr_test": test,
+            "psnr_val": val, "ssim_test": 0.9, "measured_ms": ms, "gap_db": extra.pop("gap_db", None),
+            "bicubic_psnr_test": 30.0, "test_crops": 32, **extra}
+
+
+def test_verdicts_compare_at_matched_latency_and_select_on_val():
+    points = [_row(f"s{s}", "searched", 2.0, s, 31.0 + 0.05 * s, 30.0, 10.0, "softmax", gap_db=0.3)
+              for s in range(3)]
+    points += [_row(f"g{s}", "searched", 2.0, s, 35.0, 29.0, 10.0, "gumbel-hard") for s in range(3)]  # worse on val
+    points += [_row("n", "narrowed", 2.0, 0, 30.6, 30.0, 10.5), _row("far", "narrowed", 3.0, 0, 40.0, 40.0, 20.0),
+               _row("r0", "random", 2.0, 0, 30.9, 29.0, 9.8), _row("r1", "random", 2.0, 0, 30.5, 29.5, 10.2),
+               _row("c", "classic", 2.0, 0, 31.2, 30.0, 9.5)]
+    (v,) = pareto_report.verdicts(points)
+    assert v["relax"] == "softmax"  # val decides, although gumbel-hard's test figures are higher
+    assert v["baseline"]["kind"] == "narrowed" and v["baseline"]["test"] == pytest.approx(30.6)  # far one excluded
+    assert v["margin"] == pytest.approx(31.05 - 30.6) and v["beats_baselines"]
+    assert v["classic"]["test"] == pytest.approx(31.2) and not v["matches_classic"]
+    text = pareto_report.markdown({"points": points, "config": StudyConfig().fingerprint(), "host": "test host",
+                                   "floor": {"measured_ms": 5.0, "predicted_ms": 4.0}, "split": {"test": ["a"]},
+                                   "targets": {"1": 5.0, "2": 10.0}}, None)
+    assert text.startswith(pareto_report.START) and "random (best of 2 on val)" not in text.split("| 2× | softmax")[1]
+    pick = pareto_report.pick_default(points + [_row("cheap", "searched", 1.5, 0, 29.0, 29.95, 7.0, "softmax")])
+    assert pick["name"] == "cheap"  # within 0.1 dB of the best val group, and faster
+    assert pareto_report.pick_default(points)["name"] == "s0"  # ties on val: the first best seed
+
+
+@pytest.mark.slow
+def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
+    out, results = tmp_path / "run", tmp_path / "results"
+    args = ("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "2",
+            "--relax", "gumbel-hard", "--no-progress")
+    r = run_srnas(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = json.loads((results / "pareto.json").read_text())
+    kinds = {p["kind"] for p in state["points"]}
+    assert kinds == {"floor", "searched", "narrowed", "classic", "random"}
+    assert set(state["split"]) == {"train", "alpha", "val", "test"}
+    assert not set(state["split"]["test"]) & set(state["split"]["train"])
+    for p in state["points"]:
+        for key in ("name", "kind", "relax", "arch_id", "target_ms", "measured_ms", "seed", "train_iters",
+                    "train_seconds", "psnr_val", "psnr_test", "ssim_test", "gap_db", "model"):
+            assert key in p, key
+        assert p["measured_ms"] > 0 and p["psnr_test"] > 10
+        assert len({q["target_ms"] for q in state["points"] if q["target"] == p["target"]}) == 1
+    searched = next(p for p in state["points"] if p["kind"] == "searched")
+    assert searched["gap_db"] is not None and searched["search_equivalent_iters"] >= 1
+    assert all((results / p["model"] / "config.json").is_file() for p in state["points"] if p["model"])
+    assert (results / "pareto.png").stat().st_size > 10_000 and pareto_report.START in (out / "report.md").read_text()
+    shutil.rmtree(out)  # the run folder is gone (a reset machine): the results folder alone resumes
+    again = run_srnas(*args)
+    assert again.returncode == 0 and json.loads((results / "pareto.json").read_text()) == state
+    other = run_srnas("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "3")
+    assert other.returncode == 2 and "other settings" in other.stderr
+    retimed = run_srnas(*args, "--retime-floor")
+    assert retimed.returncode == 0, retimed.stderr[-2000:]
+    after = json.loads((results / "pareto.json").read_text())
+    scale = after["floor"]["measured_ms"] / state["floor"]["measured_ms"]
+    for old, new in zip(state["points"], after["points"]):  # ratios to the floor are kept, times rescaled
+        assert new["ratio_to_floor"] == old["ratio_to_floor"]
+        assert new["measured_ms"] == pytest.approx(old["measured_ms"] * scale)
