@@ -37,6 +37,7 @@ from serving.batching import BatchedCall
 from serving.config import SERVICE_NAME, ServeConfig
 from serving.edge import DRAIN, SHED
 from serving.admission import Admission, StepClock, Work, tile_count
+from serving.cancel import until_done_or_abandoned
 from serving.imageio import BadImage, decode, encode_png, probe
 from serving.info import app as info_app
 from serving.middleware import BodyLimit, RetryAfter
@@ -52,7 +53,9 @@ Sampler = Annotated[Literal["ddim", "ddpm"] | None, Field(default=None, descript
 Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, description="same seed, same bytes")]
 
 
-hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale", "/denoise_tiles"),
+# only the public API drains and sheds: where BentoML's dispatcher is not found, in-flight requests send
+# their tile chunks through the /denoise_tiles route, which must keep working during the drain
+hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale",),
                   retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.deadline_s + 5)  # admitted work ends by then
 
 
@@ -66,20 +69,6 @@ def error(status: int, message: str, retry_after_s: int | None = None) -> JSONRe
         retry_after_s = CFG.retry_after_s
     headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-async def client_gone(receive) -> str:
-    """Returns once the client has disconnected. The body has been read by then, so the only message
-    left is the disconnect (uvicorn also sends it once the answer is complete; the caller stops first)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    return "disconnect"
-
-
-def _retrieve(task: asyncio.Task) -> None:
-    """An abandoned request's task ends on its own; its outcome is nobody's, so it is not logged."""
-    if not task.cancelled():
-        task.exception()
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -194,26 +183,11 @@ class SRNAS:
             metrics.INFLIGHT.dec()
 
     async def _until_done_or_abandoned(self, work: Work, job) -> Response:
-        """Run the request's work until it answers, its client disconnects or its deadline passes; in the
-        last two cases the work is cancelled at once (queued tiles skipped, the running batch stopped at
-        its next step unless another request shares it) and the admission is released."""
-        task = asyncio.ensure_future(job)
-        gone = asyncio.ensure_future(client_gone(SRNAS.context.request.receive))
-        done: set = set()
-        try:
-            done, _ = await asyncio.wait({task, gone}, timeout=max(work.deadline - time.monotonic(), 0),
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when BentoML's own request timeout cancels this handler
-            gone.cancel()
-            if task not in done:
-                work.cancelled = True
-                task.cancel()
-                task.add_done_callback(_retrieve)
-        if task in done:
-            return task.result()
-        reason = "disconnect" if gone in done else "deadline"
-        metrics.ABANDONED.labels(reason).inc()
-        if reason == "disconnect":  # nobody reads this answer; 499 as nginx logs a client that left
+        outcome, answer = await until_done_or_abandoned(work, job, SRNAS.context.request.receive)
+        if outcome == "done":
+            return answer
+        metrics.ABANDONED.labels(outcome).inc()
+        if outcome == "disconnect":  # nobody reads this answer; 499 as nginx logs a client that left
             return error(499, "client closed the request")
         return error(503, f"deadline of {CFG.deadline_s:g} s passed before the answer was ready")
 
