@@ -202,6 +202,50 @@ def install_json_400() -> None:
     httptools_impl.HttpToolsProtocol.send_400_response = raw_400_response
 
 
+def install_header_timeout(seconds: float) -> None:
+    """uvicorn waits for a request's headers without a limit (its keep-alive timer only runs between
+    requests): a client sending a header line now and then holds a connection for ever. A connection that
+    has not completed its request headers within `seconds` gets a JSON 408 and is closed."""
+    from uvicorn.protocols.http import h11_impl
+
+    proto = h11_impl.H11Protocol
+    if getattr(proto.data_received, "__srnas_headers__", False):
+        return
+    made, received = proto.connection_made, proto.data_received
+    data = json.dumps({"error": f"request headers not complete within {seconds:g} s"}).encode()
+    answer = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+              b"content-length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+    def waiting_for_headers(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def expire(self) -> None:
+        self._srnas_headers_timer = None
+        if waiting_for_headers(self) and not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
+
+    def watch(self) -> None:
+        timer = getattr(self, "_srnas_headers_timer", None)
+        if waiting_for_headers(self):
+            if timer is None:
+                self._srnas_headers_timer = self.loop.call_later(seconds, expire, self)
+        elif timer is not None:
+            timer.cancel()
+            self._srnas_headers_timer = None
+
+    def connection_made(self, transport) -> None:
+        made(self, transport)
+        self._srnas_headers_timer = self.loop.call_later(seconds, expire, self)
+
+    def data_received(self, data: bytes) -> None:
+        received(self, data)
+        watch(self)
+
+    data_received.__srnas_headers__ = True
+    proto.connection_made, proto.data_received = connection_made, data_received
+
+
 def install_drain(timeout_s: float, drain: Drain = DRAIN) -> None:
     """Make uvicorn's SIGTERM start the drain; the exit it would have begun at once follows when the
     worker's requests are done (or after `timeout_s`). SIGINT and a second SIGTERM act as before."""

@@ -120,11 +120,12 @@ def dispatcher_poll(seconds: float) -> None:
 
 
 def install(poll_seconds: float, api_paths: tuple[str, ...] = (), retry_after_s: int = 2,
-            drain_timeout_s: float = 300) -> None:
-    from serving.edge import install_drain, install_edge, install_json_400
+            drain_timeout_s: float = 300, header_timeout_s: float = 30) -> None:
+    from serving.edge import install_drain, install_edge, install_header_timeout, install_json_400
 
     install_edge(api_paths=api_paths, shed_paths=api_paths[:1], retry_after_s=retry_after_s)
     install_json_400()
+    install_header_timeout(header_timeout_s)
     install_drain(drain_timeout_s)
     dispatcher_poll(poll_seconds)
     no_url_downloads()

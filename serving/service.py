@@ -56,7 +56,8 @@ Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, descripti
 # only the public API drains and sheds: where BentoML's dispatcher is not found, in-flight requests send
 # their tile chunks through the /denoise_tiles route, which must keep working during the drain
 hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale",),
-                  retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.deadline_s + 5)  # admitted work ends by then
+                  retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.deadline_s + 5,  # admitted work ends by then
+                  header_timeout_s=CFG.upload_timeout_s)
 
 
 def decode_tiles(data: bytes) -> tuple[np.ndarray, TilePlan]:

@@ -136,6 +136,14 @@ def stalled_upload(url: str, sent: bytes = b"--xx\r\n") -> socket.socket:
     return s
 
 
+def stalled_headers(url: str) -> socket.socket:
+    """A client that sends part of its request headers and stalls (slowloris)."""
+    u = urlparse(url)
+    s = socket.create_connection((u.hostname, u.port), timeout=60)
+    s.sendall(b"POST /upscale HTTP/1.1\r\nHost: x\r\n")
+    return s
+
+
 def read_answer(s: socket.socket) -> tuple[int, dict]:
     raw = b""
     while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
@@ -148,19 +156,22 @@ def read_answer(s: socket.socket) -> tuple[int, dict]:
 
 
 def test_slow_uploads_get_408_and_do_not_hold_up_others(home, tmp_path):
-    """Clients that trickle their upload are cut off at SRNAS_UPLOAD_TIMEOUT_S with a JSON 408; meanwhile they
-    hold no admission, and a normal request is answered."""
+    """Clients that trickle their upload, or their request headers, are cut off at SRNAS_UPLOAD_TIMEOUT_S with
+    a JSON 408; meanwhile they hold no admission, and a normal request is answered."""
     env = {"BENTOML_HOME": str(home), "SRNAS_UPLOAD_TIMEOUT_S": "3"}
     with serving(env, log=tmp_path / "serve.log") as srv:
         slow = [stalled_upload(srv.url) for _ in range(6)]
+        headers = stalled_headers(srv.url)
         try:
             assert post(srv.url, png(64)).status_code == 200
             assert total(srv.url, "sr_inflight_requests") == 0
             for s in slow:
                 status, body = read_answer(s)  # without the upload deadline: no answer, the read times out
                 assert status == 408 and "upload not complete within 3 s" in body["error"]
+            status, body = read_answer(headers)  # uvicorn itself waited for headers without a limit
+            assert status == 408 and "request headers not complete within 3 s" in body["error"]
         finally:
-            for s in slow:
+            for s in [*slow, headers]:
                 s.close()
         assert post(srv.url, png(64)).status_code == 200
 
