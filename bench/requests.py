@@ -39,7 +39,7 @@ def png(side: int, seed: int) -> bytes:
     from search.data import builtin_pairs
     from models.imaging import to_uint8
 
-    lr = to_uint8(builtin_pairs("val")[seed % 2].lr)
+    lr = to_uint8(builtin_pairs("test")[seed % 2].lr)  # astronaut or coffee
     y, x = (np.random.default_rng(seed).integers(0, s - side) for s in lr.shape[:2])
     buf = io.BytesIO()
     Image.fromarray(lr[y: y + side, x: x + side]).save(buf, format="PNG")

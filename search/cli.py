@@ -184,6 +184,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     subnet = _run(SearchTrainer(cfg, args.out), args)
     plots = search_plots(Path(args.out))
     print(f"subnet written to {subnet} (arch.json beside it); plots: {', '.join(str(p) for p in plots)}")
+    gap = json.loads((subnet / "arch.json").read_text()).get("discretization")
+    if gap:
+        print(f"discretization gap on {gap['crops']} val crops (DDIM 1 step): supernet {gap['supernet_psnr_y']:.3f} dB, "
+              f"inherited subnet {gap['inherited_psnr_y']:.3f} dB, gap {gap['gap_db']:.3f} dB")
     return 0
 
 

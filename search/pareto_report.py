@@ -170,6 +170,7 @@ def write_section(path: Path, text: str) -> None:
         new = old[: old.index(START)] + text.rstrip("\n") + old[old.index(END) + len(END):]
     else:
         new = old.rstrip("\n") + ("\n\n" if old else "") + text
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new, encoding="utf-8")
 
 

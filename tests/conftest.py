@@ -35,7 +35,7 @@ def photo(tmp_path) -> Path:
     from search.data import builtin_pairs
     from models.imaging import to_uint8
 
-    lr = to_uint8(builtin_pairs("val")[0].lr[:, 40:88, 60:116])  # 56 x 48 LR
+    lr = to_uint8(builtin_pairs("test")[0].lr[:, 40:88, 60:116])  # 56 x 48 LR of the astronaut
     path = tmp_path / "photo.png"
     Image.fromarray(lr).save(path)
     return path

@@ -11,6 +11,7 @@ import torch
 from bench.run import available
 from export.backends import BackendConfig, load_denoiser, ort_denoiser
 from export.onnx_export import to_onnx
+from search.data import BUILTIN_VAL
 from export.record import (interpolate, key_for, predicted_entry, predicted_step_seconds, read_record,
                            servable_variant, update_record)
 from export.runtime import RuntimeConfig, ort_session
@@ -122,7 +123,7 @@ def test_deploy_int8_records_quality_and_prediction(run_srnas, nas_copy):
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((nas_copy / "deploy.json").read_text())
     v = rec["variants"]["int8"]
-    assert v["servable"] == (v["psnr_drop_db"] <= 0.1) and v["crops"] == 8
+    assert v["servable"] == (v["psnr_drop_db"] <= 0.1) and v["crops"] == 4 * len(BUILTIN_VAL)  # 4 per image
     assert abs(v["psnr_drop_db"] - (v["fp32_psnr_db"] - v["psnr_db"])) < 1e-9 and v["psnr_db"] > 30
     q = onnx.load(str(nas_copy / "model.int8.onnx"))
     onnx.checker.check_model(q)

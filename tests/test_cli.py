@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search.data import BUILTIN_VAL
 from tests.conftest import rgb
 
 
@@ -56,7 +57,7 @@ def test_train_and_evaluate_small(run_srnas, tmp_path):
                      "--crops", "1", "--out", ev, "--no-progress", "--choose-defaults")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((ev / "metrics.json").read_text())
-    assert report["crops"] == 2 and len(report["results"]) == 4
+    assert report["crops"] == len(BUILTIN_VAL) and report["split"] == "val" and len(report["results"]) == 4
     best = max(report["results"], key=lambda r: r["psnr_y"])
     defaults = json.loads((run / "model" / "config.json").read_text())["defaults"]
     assert best["psnr_y"] - 0.05 <= next(r["psnr_y"] for r in report["results"]

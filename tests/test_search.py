@@ -71,6 +71,13 @@ def test_search_finetune_info_cli(run_srnas, tmp_path):
     assert record["predicted"]["flops_per_step"] > 0 and len(record["choices"]) > 20
     assert record["search"]["cost_loss"]["lambda_budget"] == 0.5 and record["search"]["cost_loss"]["form"] == "budget"
     assert {"width0", "down0.down", "up1.up"} <= set(record["choices"])
+    slots = set(record["alpha_weights"])
+    assert set(record["entropy"]) == set(record["margin"]) == slots and all(0 <= m <= 1 for m in record["margin"].values())
+    gap = record["discretization"]  # the supernet as it ended beside the subnet it hands over, on val
+    assert gap["split"] == "val" and gap["gap_db"] == pytest.approx(gap["supernet_psnr_y"] - gap["inherited_psnr_y"])
+    assert f"gap {gap['gap_db']:.3f} dB" in proc.stdout
+    header = (run / "search_log.csv").read_text().splitlines()[0].split(",")
+    assert {"mean_margin", "min_margin", "cost_scale", "priced_latency_ms", "expected_skip_share"} <= set(header)
     for name in ("search.png", "alpha.png", "search_log.csv", "alpha_log.csv"):
         assert (run / name).is_file(), name
     info = json.loads(run_srnas("info", "--model", run / "subnet", "--json").stdout)
