@@ -96,6 +96,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-ramp", type=int, help="alpha steps over which the cost weight ramps in")
     p.add_argument("--skip-cap", type=float, help="expected share of second units on skip above which it is penalised")
     p.add_argument("--lambda-skip", type=float, help="weight of the skip penalty (0: off)")
+    p.add_argument("--score-crops", type=int, help="val crops per image for the discretization gap (0: not scored)")
     p.add_argument("--t-schedule", choices=["tanh", "linear", "exp"])
     p.add_argument("--t-max", type=float)
     p.add_argument("--t-min", type=float)
@@ -162,7 +163,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search.nas import SearchConfig, SearchTrainer
 
     fields = _config_fields(args)
-    for key in ("space", "relax", "cost", "lut", "warmup_alpha", "alpha_lr", "cost_ramp", "skip_cap", "lambda_skip"):
+    for key in ("space", "relax", "cost", "lut", "warmup_alpha", "alpha_lr", "cost_ramp", "skip_cap", "lambda_skip",
+                "score_crops"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     loss = dict(fields.pop("cost_loss", {}) or {})
@@ -184,7 +186,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     subnet = _run(SearchTrainer(cfg, args.out), args)
     plots = search_plots(Path(args.out))
     print(f"subnet written to {subnet} (arch.json beside it); plots: {', '.join(str(p) for p in plots)}")
-    gap = json.loads((subnet / "arch.json").read_text()).get("discretization")
+    record = subnet / "arch.json"  # written by rank 0 alone under torchrun
+    gap = json.loads(record.read_text()).get("discretization") if record.is_file() else None
     if gap:
         print(f"discretization gap on {gap['crops']} val crops (DDIM 1 step): supernet {gap['supernet_psnr_y']:.3f} dB, "
               f"inherited subnet {gap['inherited_psnr_y']:.3f} dB, gap {gap['gap_db']:.3f} dB")

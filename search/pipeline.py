@@ -20,7 +20,8 @@ RELAXATIONS = ("softmax", "temperature", "gumbel-hard")
 # What --quick changes, per kind of stage (flags appended after the recipe's, so they win).
 QUICK = {
     "train": ["--iters", "4", "--batch", "2", "--patch", "32", "--checkpoint-every", "2"],
-    "search": ["--iters", "4", "--batch", "2", "--patch", "32", "--checkpoint-every", "2", "--warmup-alpha", "1"],
+    "search": ["--iters", "4", "--batch", "2", "--patch", "32", "--checkpoint-every", "2", "--warmup-alpha", "1",
+               "--score-crops", "1"],
     "evaluate": ["--crops", "1"],
     "compare": ["--reps", "2", "--crops", "1"],
     "bench": ["--batches", "1", "--reps", "2", "--backends", "onnxruntime-fp32,torch"],
