@@ -692,7 +692,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     state = study.state if done else study.run(progress=not args.no_progress)
     figure = pareto_report.plot(state, results / "pareto.png")
     rel = os.path.relpath(figure, markdown.parent) if figure else None
-    pareto_report.write_section(markdown, pareto_report.markdown(state, rel))
+    pareto_report.write_section(markdown, pareto_report.markdown(state, rel, len(pareto.plan(cfg))))
     print(f"{len(state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
     return 0
 

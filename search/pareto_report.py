@@ -120,7 +120,7 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def markdown(state: dict[str, Any], plot: str | None) -> str:
+def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None) -> str:
     points = state["points"]
     stats = groups(points)
     cfg, floor = state["config"], state["floor"]
@@ -130,7 +130,8 @@ def markdown(state: dict[str, Any], plot: str | None) -> str:
              f"{floor['measured_ms']:.2f} ms/step measured, {floor['predicted_ms']:.2f} ms predicted. Every point "
              f"trains {cfg['budget']} weight iterations (batch and crop of `{cfg['train_recipe']}`; a search's 64 px "
              "steps count at their pixel ratio). Scored with DDIM at 1 step (the served setting), PSNR(Y)/SSIM(Y) "
-             f"on {points[0]['test_crops'] if points else 0} test crops; selection on val only.", "",
+             f"on {points[0]['test_crops'] if points else 0} test crops (bicubic: "
+             f"{points[0]['bicubic_psnr_test'] if points else float('nan'):.3f} dB); selection on val only.", "",
              "Split by image (scikit-image's wheel): " + "; ".join(
                  f"{k}: {', '.join(v)}" for k, v in state["split"].items()) + ".", ""]
     if plot:
@@ -159,7 +160,9 @@ def markdown(state: dict[str, Any], plot: str | None) -> str:
         lines += ["", f"**Pick for the shipped default** ({pick['rule']}): `{pick['name']}` — {pick['relax']} at "
                       f"{pick['target']:g}×, val {pick['val']:.3f} dB (group mean), test {pick['test']:.3f} dB, "
                       f"{pick['ms']:.2f} ms/step."]
-    lines += ["", f"{len(points)} points; raw rows in `bench/results/pareto/pareto.json`.", END]
+    progress = (f" of {planned} planned: **the study is still running**, and no verdict above is final"
+                if planned and len(points) < planned else "")
+    lines += ["", f"{len(points)} points{progress}; raw rows in `bench/results/pareto/pareto.json`.", END]
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +197,7 @@ def plot(state: dict[str, Any], path: Path) -> Path | None:
                    color=colors.get(p["relax"] or "", "0.35"), alpha=0.75, s=36,
                    label=None if label in seen else label)
         seen.add(label)
+    ax.axhline(points[0]["bicubic_psnr_test"], color="0.6", ls="--", lw=0.8, label="bicubic")
     for t, ms in state["targets"].items():
         ax.axvline(ms, color="0.85", lw=0.8, zorder=0)
         ax.text(ms, ax.get_ylim()[0], f" {t}×", color="0.5", fontsize=8, va="bottom")
