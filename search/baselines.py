@@ -9,6 +9,8 @@ of the floor alone rescales every figure of a study.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import statistics
 import time
 from typing import Any, Callable
@@ -59,9 +61,6 @@ def random_archs(table: LatencyTable, supernet: UNet, target_s: float, n: int, b
 
 def arch_id(arch: dict[str, str]) -> str:
     """A short stable name for an architecture (its choices, hashed)."""
-    import hashlib
-    import json
-
     return hashlib.sha1(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:10]
 
 

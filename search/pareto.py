@@ -33,6 +33,7 @@ from tqdm import tqdm
 from models.checkpoint import ModelBundle, load_model, read_json, write_json
 from models.classic import FSRCNN, FSRCNNConfig, is_classic, load_classic
 from models.errors import UserError
+from models.imaging import to_uint8
 from models.unet import UNet
 from search import baselines
 from search.configfile import read_yaml
@@ -130,7 +131,8 @@ class Study:
     def __init__(self, cfg: StudyConfig, out: str | Path, results: str | Path, commit: bool = False):
         self.cfg, self.out, self.results, self.commit = cfg, Path(out), Path(results), commit
         self.table = _load_table(cfg)
-        self.supernet = UNet(space_config(self.train_cfg().unet_config(), make_space(cfg.space, self.train_cfg().unet_config())))
+        base = self.train_cfg().unet_config()
+        self.supernet = UNet(space_config(base, make_space(cfg.space, base)))
         _check_data(cfg.data)
         self.state = self._load_state()
         self.watch = baselines.Stopwatch(cfg.threads, cfg.reps, cfg.rounds)
@@ -370,8 +372,6 @@ def score(model: Path, data: str, split: str, per_image: int) -> dict[str, Any]:
         crops = eval_crops(load_pairs(data, split), per_image=per_image)
         net = load_classic(model)
         lr, bic = (torch.from_numpy(np.stack([c[i] for c in crops])) for i in (1, 2))
-        from models.imaging import to_uint8
-
         hrs = [to_uint8(c[3]) for c in crops]
         with torch.inference_mode():
             sr = net(lr, bic).numpy()
