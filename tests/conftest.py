@@ -29,6 +29,18 @@ def run_srnas():
     return run
 
 
+@pytest.fixture(scope="session")
+def bento_home(tmp_path_factory) -> Path:
+    """A private BentoML home with the shipped model imported by the real `srnas store-import`; the
+    serving tests start their servers from it (read-only), so the import runs once per session."""
+    home = tmp_path_factory.mktemp("bentoml")
+    r = subprocess.run([*srnas_cmd(), "store-import"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env={**os.environ, "BENTOML_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("stored srnas-default:")
+    return home
+
+
 @pytest.fixture
 def photo(tmp_path) -> Path:
     """A small real photo crop (from scikit-image's astronaut) saved as PNG."""

@@ -20,30 +20,6 @@ MAX_BYTES = 300_000
 MAX_PIXELS = 96 * 96
 
 
-@pytest.fixture(scope="session")
-def bento_home(tmp_path_factory, run_srnas_session) -> Path:
-    """A private BentoML home with the shipped model imported by the real `srnas store-import`."""
-    home = tmp_path_factory.mktemp("bentoml")
-    r = run_srnas_session(["store-import"], {"BENTOML_HOME": str(home)})
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("stored srnas-default:")
-    return home
-
-
-@pytest.fixture(scope="session")
-def run_srnas_session():
-    import os
-    import subprocess
-    import sys
-
-    def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-        exe = Path(sys.executable).with_name("srnas")
-        return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                              env={**os.environ, **env})
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def server(bento_home, tmp_path_factory):
     env = {"BENTOML_HOME": str(bento_home), "SRNAS_MAX_BYTES": str(MAX_BYTES), "SRNAS_MAX_PIXELS": str(MAX_PIXELS),

@@ -3,10 +3,7 @@ answer is 503 + Retry-After, and SIGTERM lets an in-flight request finish."""
 from __future__ import annotations
 
 import io
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,15 +17,6 @@ from serving.launch import start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    home = tmp_path_factory.mktemp("bentoml")
-    r = subprocess.run([str(Path(sys.executable).with_name("srnas")), "store-import"], cwd=ROOT, text=True,
-                       capture_output=True, env={**os.environ, "BENTOML_HOME": str(home)}, timeout=600)
-    assert r.returncode == 0, r.stderr
-    return home
 
 
 def png(side: int) -> bytes:
@@ -58,10 +46,10 @@ def wait_for(cond, timeout: float = 60) -> bool:
     return False
 
 
-def test_readyz_false_until_model_loaded(home, tmp_path):
+def test_readyz_false_until_model_loaded(bento_home, tmp_path):
     """Also: the backend is chosen by SRNAS_BACKEND (torch here; ONNX Runtime is the default elsewhere)."""
     # many warm-up runs keep the model loading for a while after the process is up
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_WARMUP_RUNS": "60", "SRNAS_BACKEND": "torch"},
+    srv = start({"BENTOML_HOME": str(bento_home), "SRNAS_WARMUP_RUNS": "60", "SRNAS_BACKEND": "torch"},
                 tmp_path / "serve.log")
     try:
         wait_ready(srv, path="/livez")
@@ -82,8 +70,8 @@ def test_readyz_false_until_model_loaded(home, tmp_path):
     # BentoML's batching queue drops late tile jobs when its own bound is set: the configured Retry-After
     ({"SRNAS_MAX_LATENCY_MS": "100"}, "latency bound", "3"),
 ])
-def test_overload_answers_503_with_retry_after(home, tmp_path, bound, why, retry):
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_RETRY_AFTER_S": "3", **bound}, tmp_path / "serve.log")
+def test_overload_answers_503_with_retry_after(bento_home, tmp_path, bound, why, retry):
+    srv = start({"BENTOML_HOME": str(bento_home), "SRNAS_RETRY_AFTER_S": "3", **bound}, tmp_path / "serve.log")
     try:
         wait_ready(srv)
         with ThreadPoolExecutor(8) as pool:
@@ -99,10 +87,10 @@ def test_overload_answers_503_with_retry_after(home, tmp_path, bound, why, retry
         stop(srv)
 
 
-def test_sigterm_finishes_inflight_request(home, tmp_path):
+def test_sigterm_finishes_inflight_request(bento_home, tmp_path):
     """SIGTERM drains: the request in flight finishes, while a new one gets 503 at once (not a connection
     left waiting in the listen backlog) and /readyz turns false, until the worker exits."""
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "1", "SRNAS_THREADS": "1"}, tmp_path / "serve.log")
+    srv = start({"BENTOML_HOME": str(bento_home), "SRNAS_WORKERS": "1", "SRNAS_THREADS": "1"}, tmp_path / "serve.log")
     wait_ready(srv)
     result: dict[str, httpx.Response] = {}
     slow = threading.Thread(target=lambda: result.setdefault("r", post(srv.url, png(96), steps=100)))
@@ -124,10 +112,10 @@ def test_sigterm_finishes_inflight_request(home, tmp_path):
         stop(srv)
 
 
-def test_readyz_false_while_the_worker_is_past_its_queue_bound(home, tmp_path):
+def test_readyz_false_while_the_worker_is_past_its_queue_bound(bento_home, tmp_path):
     """One worker admitting one request: while it runs, the worker is saturated and /readyz says so (so that
     Kubernetes routes elsewhere); once it is done, /readyz is true again."""
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "1", "SRNAS_THREADS": "1",
+    srv = start({"BENTOML_HOME": str(bento_home), "SRNAS_WORKERS": "1", "SRNAS_THREADS": "1",
                  "SRNAS_MAX_INFLIGHT_REQUESTS": "1"}, tmp_path / "serve.log")
     result: dict[str, httpx.Response] = {}
     slow = threading.Thread(target=lambda: result.setdefault("r", post(srv.url, png(96), steps=100)))
@@ -144,13 +132,13 @@ def test_readyz_false_while_the_worker_is_past_its_queue_bound(home, tmp_path):
         stop(srv)
 
 
-def test_two_workers_share_one_metrics_view(home, tmp_path):
+def test_two_workers_share_one_metrics_view(bento_home, tmp_path):
     """SRNAS_WORKERS x SRNAS_THREADS = 2 x 1 on this quota (the default). /readyz, which any one worker
     answers, turns true only once both have the model, so no request after it meets a loading worker;
     /metrics adds up both workers' samples."""
     # SRNAS_SOLO_DIRECT=0: BentoML's per-worker batch metric counts only dispatched tiles, and a worker
     # whose requests all arrived alone would otherwise be missing from it
-    srv = start({"BENTOML_HOME": str(home), "SRNAS_WORKERS": "2", "SRNAS_THREADS": "1", "SRNAS_WARMUP_RUNS": "20",
+    srv = start({"BENTOML_HOME": str(bento_home), "SRNAS_WORKERS": "2", "SRNAS_THREADS": "1", "SRNAS_WARMUP_RUNS": "20",
                  "SRNAS_SOLO_DIRECT": "0"}, tmp_path / "serve.log")
     try:
         wait_ready(srv)

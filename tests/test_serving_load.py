@@ -23,17 +23,8 @@ SAMPLE_LINE = re.compile(r'^(\w+)\{([^}]*)\} (\S+)$')
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    import os
-    import subprocess
-    import sys
-
-    home = tmp_path_factory.mktemp("bentoml")
-    env = {"BENTOML_HOME": str(home)}
-    r = subprocess.run([str(Path(sys.executable).with_name("srnas")), "store-import"], cwd=ROOT, text=True,
-                       capture_output=True, env={**os.environ, **env}, timeout=600)
-    assert r.returncode == 0, r.stderr
-    with serving({**env, "SRNAS_MAX_BATCH_SIZE": "8", "SRNAS_WARMUP_RUNS": "5"},
+def server(bento_home, tmp_path_factory):
+    with serving({"BENTOML_HOME": str(bento_home), "SRNAS_MAX_BATCH_SIZE": "8", "SRNAS_WARMUP_RUNS": "5"},
                  log=tmp_path_factory.mktemp("log") / "serve.log") as srv:
         yield srv
 
