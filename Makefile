@@ -48,7 +48,7 @@ observe: install-test
 # The abuse and fault scenarios (abandoned clients, bursts, random paths, bad inputs, an open-loop spike,
 # SIGTERM and SIGKILL under load) against fresh servers, timed; the table goes into BENCHMARKS.md.
 chaos: install-test
-	$(BIN)/python -m loadtest.chaos --out runs/chaos --markdown BENCHMARKS.md
+	$(BIN)/python -m loadtest.chaos --out runs/chaos --results bench/results/chaos.json --markdown BENCHMARKS.md
 
 # Render both kustomize overlays to runs/k8s-<overlay>.yaml.
 k8s: install-test

@@ -1,13 +1,16 @@
 """`make chaos`: the abuse and fault scenarios of tests/test_serving_abuse.py, longer and timed, against real
 `bentoml serve` processes on loopback; writes runs/chaos/chaos.json and a table into BENCHMARKS.md.
 
-    python -m loadtest.chaos [--out runs/chaos] [--markdown BENCHMARKS.md] [--rounds 3] [--only spike,...]
+    python -m loadtest.chaos [--out runs/chaos] [--results bench/results/chaos.json] [--markdown BENCHMARKS.md]
+                             [--rounds 3] [--only spike,...]
+
+With --only, the scenarios run replace theirs in --results and the table keeps the others' earlier figures.
 
 Scenarios: `abandoned` (20 clients give up after 1 s on 256x256 x 100 steps, then a 64x64 request),
 `admitted` (the same against a 300 s deadline, so that the work is admitted and then cancelled), `burst`
 (12 concurrent 256x256 x 100 steps, then 600x400 x 1 step, five times), `paths` (1,000 random unknown
-paths against the size of /metrics), `mistakes` (the corpus of bad inputs: any 5xx?), `spike` (open-loop
-arrivals at half the measured sustainable rate, twice it for the spike, then half again), `drain` (SIGTERM
+paths against the size of /metrics), `mistakes` (the corpus of bad inputs: any 5xx?), `spike` (real Locust,
+paced users at half the measured sustainable rate, twice it for the spike, then half again), `drain` (SIGTERM
 with 5 requests in flight) and `kill` (SIGKILL of one worker under load).
 """
 from __future__ import annotations
@@ -33,15 +36,18 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 import psutil
+import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.config import RECORDS_ENV
 from loadtest.server import prepare_store
 from serving.launch import Server, start, stop, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
 BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
+SPIKE_SIZE, SPIKE_STEPS = (96, 80), 10  # the spike's request: a small photo crop, a few steps
 
 
 @dataclass
@@ -53,6 +59,7 @@ class ChaosConfig:
     spike_deadline_s: float = 2.0  # SRNAS_DEADLINE_S for the spike: the backlog a spike may leave behind
     base_s: float = 15.0  # spike: seconds at half the sustainable rate before and after
     spike_s: float = 15.0  # seconds at twice the sustainable rate
+    pacing_s: float = 4.0  # spike: each Locust user sends one request per this many seconds
     only: list[str] = field(default_factory=list)
 
 
@@ -207,42 +214,50 @@ def sustainable_rate(url: str, data: bytes, steps: int, seconds: float = 10, cli
     return len(done) / seconds
 
 
+def spike_config(rate: float, cfg: ChaosConfig) -> dict[str, Any]:
+    """A Locust configuration (loadtest/config.py's schema) for the spike: constant pacing, so that the arrival
+    rate is users / pacing_s while answers come within it; half the sustainable rate, twice it, half again.
+    Users are spawned over one pacing period so that their requests interleave instead of arriving together."""
+    base, peak = max(1, round(0.5 * rate * cfg.pacing_s)), max(2, round(2 * rate * cfg.pacing_s))
+    total = 2 * cfg.base_s + cfg.spike_s
+    return {"shape": "spike",
+            "shapes": {"spike": {"kind": "spike", "base_users": base, "users": peak, "duration_s": total,
+                                 "spike_at_s": cfg.base_s, "spike_s": cfg.spike_s,
+                                 "spawn_rate": peak / cfg.pacing_s}},
+            "mix": {"steps": {SPIKE_STEPS: 1}, "samplers": {"ddim": 1}, "pacing_s": cfg.pacing_s, "timeout_s": 60,
+                    "images": [{"source": "skimage:chelsea", "crop": [120, 60, *SPIKE_SIZE]}]},
+            "slo": {"max_fail_ratio": 1.0, "max_p95_ms": 60000, "min_requests": 1}}
+
+
 def spike(servers: Servers, cfg: ChaosConfig) -> dict[str, Any]:
-    """Open-loop arrivals (Poisson): half the sustainable rate, twice it, half again."""
+    """Real Locust against a server with a short deadline: half the sustainable rate, twice it, half again."""
+    from loadtest.run import locust
+
     srv = servers.start("spike", SRNAS_DEADLINE_S=str(cfg.spike_deadline_s))
+    out = servers.out / "spike-locust"
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        data, steps = png(96, 80), 10
-        rate = sustainable_rate(srv.url, data, steps)
-        phases = [(0.5 * rate, cfg.base_s), (2 * rate, cfg.spike_s), (0.5 * rate, cfg.base_s)]
-        records: list[tuple[float, Any, float, str]] = []
-        lock = threading.Lock()
-        t0 = time.monotonic()
-
-        def one(i: int) -> None:
-            sent = time.monotonic() - t0
-            st, secs, r = upscale(srv.url, data, 60, steps=steps, seed=i)
-            err = r.json().get("error", "") if r is not None and st != 200 else ""
-            with lock:
-                records.append((sent, st, secs, err))
-
-        threads, i, at = [], 0, 0.0
-        rng = random.Random(0)
-        for r, dur in phases:
-            end = at + dur
-            while True:
-                at += rng.expovariate(r)
-                if at >= end:
-                    at = end
-                    break
-                time.sleep(max(0.0, at - (time.monotonic() - t0)))
-                th = threading.Thread(target=one, args=(i,), daemon=True)
-                th.start()
-                threads.append(th)
-                i += 1
-        for th in threads:
-            th.join(120)
+        rate = sustainable_rate(srv.url, png(*SPIKE_SIZE), SPIKE_STEPS)
+        spec = spike_config(rate, cfg)
+        (out / "config.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        records_file = out / "requests.jsonl"
+        records_file.unlink(missing_ok=True)
+        done = locust(srv.url, out / "config.yaml", "spike", out, spec["shapes"]["spike"]["duration_s"] + 180,
+                      extra_env={RECORDS_ENV: str(records_file)})
+        if done.returncode not in (0, 1):  # 1: Locust counted failures (the refusals), as expected here
+            raise RuntimeError(f"locust exited with {done.returncode}; see {out / 'locust.log'}")
+        rows = [json.loads(line) for line in records_file.read_text().splitlines() if line.strip()]
     finally:
         stop(srv)
+    t0 = min(r["sent"] for r in rows)
+    records = [(r["sent"] - t0, r["status"], r["seconds"], r["error"]) for r in rows]
+    users = spec["shapes"]["spike"]
+    return {**spike_summary(records, rate, cfg), "driver": "locust", "pacing_s": cfg.pacing_s,
+            "users": [users["base_users"], users["users"], users["base_users"]]}
+
+
+def spike_summary(records: list[tuple[float, Any, float, str]], rate: float, cfg: ChaosConfig) -> dict[str, Any]:
+    """The spike's figures from (sent at, status, seconds, error) per request, time from the first request."""
     spike_end = cfg.base_s + cfg.spike_s
     ok = [(t, s) for t, st, s, _ in records if st == 200]
     pre = statistics.median(s for t, s in ok if t < cfg.base_s)
@@ -308,12 +323,13 @@ def run(cfg: ChaosConfig, out: Path) -> dict[str, Any]:
     servers = Servers(out)
     want = lambda name: not cfg.only or name in cfg.only  # noqa: E731
     # the load average before: these figures are only comparable on an otherwise idle host
-    results: dict[str, Any] = {"config": cfg.__dict__, "loadavg_before": os.getloadavg()}
+    results: dict[str, Any] = {"config": cfg.__dict__, "loadavg": {}}  # 1-min load average before each scenario
     if any(want(n) for n in ("abandoned", "burst", "paths", "mistakes")):
         srv = servers.start("main")
         try:
             for name, fn in (("abandoned", abandoned), ("burst", burst), ("paths", paths), ("mistakes", mistakes)):
                 if want(name):
+                    results["loadavg"][name] = os.getloadavg()[0]
                     rounds = cfg.rounds if name in ("abandoned", "burst") else 1
                     results[name] = [fn(srv.url, cfg) for _ in range(rounds)]
                     print(name, json.dumps(results[name])[:400], flush=True)
@@ -321,6 +337,7 @@ def run(cfg: ChaosConfig, out: Path) -> dict[str, Any]:
             stop(srv)
     for name, fn in (("admitted", admitted), ("spike", spike), ("drain", drain), ("kill", kill)):
         if want(name):
+            results["loadavg"][name] = os.getloadavg()[0]
             results[name] = fn(servers, cfg)
             print(name, json.dumps(results[name])[:400], flush=True)
     (out / "chaos.json").write_text(json.dumps(results, indent=1, default=str))
@@ -332,7 +349,7 @@ def _med(rows: list[dict], key: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def markdown(res: dict[str, Any], host: str) -> str:
+def markdown(res: dict[str, Any], host: str, raw: str = "runs/chaos/chaos.json") -> str:
     rows = []
     if "abandoned" in res:
         a = res["abandoned"]
@@ -366,7 +383,8 @@ def markdown(res: dict[str, Any], host: str) -> str:
                      f"5xx: {m['server_errors'] or 'none'}; " + ", ".join(f"{k} {v}" for k, v in m["codes"].items())))
     if "spike" in res:
         s = res["spike"]
-        rows.append((f"open-loop spike, 96×80 × 10 steps: {0.5 * s['sustainable_rps']:.1f} → "
+        driver = "Locust, paced users" if s.get("driver") == "locust" else "open-loop threads"
+        rows.append((f"spike ({driver}), 96×80 × 10 steps: {0.5 * s['sustainable_rps']:.1f} → "
                      f"{2 * s['sustainable_rps']:.1f} → {0.5 * s['sustainable_rps']:.1f} req/s "
                      f"(sustainable {s['sustainable_rps']:.1f}), `SRNAS_DEADLINE_S={s['deadline_s']:g}`",
                      f"{s['requests']} requests: {s['ok']} 200, {s['refused']} refused (503 in median "
@@ -389,8 +407,8 @@ def markdown(res: dict[str, Any], host: str) -> str:
     if verdicts:
         table += "\n\nGoals: " + "; ".join(f"{name}: **{v}**" for name, v in verdicts.items()) + "."
     return (f"{BEGIN}\n## Serving under abuse and faults (`make chaos`)\n\n`python -m loadtest.chaos` on {host}, "
-            f"client on the same machine, load average {res.get('loadavg_before', [0])[0]:.1f} before the run; "
-            f"raw: `runs/chaos/chaos.json`.\n\n| scenario | measured |\n| --- | --- |\n"
+            f"client on the same machine; 1-min load average before each scenario: "
+            f"{', '.join(f'{k} {v:.1f}' for k, v in res.get('loadavg', {}).items())}; raw: `{raw}`.\n\n| scenario | measured |\n| --- | --- |\n"
             f"{table}\n{END}\n")
 
 
@@ -419,6 +437,13 @@ def goals(res: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def write_markdown(path: Path, section: str) -> None:
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:
@@ -433,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "chaos")
     ap.add_argument("--markdown", type=Path, default=None)
+    ap.add_argument("--results", type=Path, default=None, help="also keep the raw results here (JSON)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="", help="comma-separated scenarios")
     ap.add_argument("--host-name", default=None, help="how the table names this host")
@@ -440,10 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = ChaosConfig(rounds=args.rounds, only=[s for s in args.only.split(",") if s])
     res = json.loads(args.from_json.read_text()) if args.from_json else run(cfg, args.out)
+    raw = args.from_json or args.out / "chaos.json"
+    if args.results:  # scenarios run now replace theirs; the others' earlier results stay
+        earlier = json.loads(args.results.read_text()) if args.results.is_file() and cfg.only else {}
+        res = {**earlier, **res, "loadavg": {**earlier.get("loadavg", {}), **res.get("loadavg", {})}}
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(res, indent=1, default=str) + "\n")
+        raw = args.results
     if args.markdown:
         from search.latency import host_id
 
-        write_markdown(args.markdown, markdown(res, args.host_name or host_id()))
+        write_markdown(args.markdown, markdown(res, args.host_name or host_id(), _relative(raw)))
     return 0
 
 

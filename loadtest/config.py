@@ -11,6 +11,7 @@ import yaml
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 CONFIG_ENV = "SRNAS_LOAD_CONFIG"
 SHAPE_ENV = "SRNAS_LOAD_SHAPE"
+RECORDS_ENV = "SRNAS_LOAD_RECORDS"  # a JSON-lines file of every request (loadtest/locustfile.py)
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,9 @@ class Mix:
     images: list[ImageSpec] = field(default_factory=lambda: [ImageSpec("sample:astronaut-lr.png")])
     timeout_s: float = 300.0
     wait_s: list[float] = field(default_factory=lambda: [0.0, 0.5])  # think time range per user
+    # one request per user every pacing_s seconds (Locust's constant_pacing) instead of wait_s: while answers
+    # (refusals included) come back within it, users / pacing_s is the arrival rate whatever the server does
+    pacing_s: float | None = None
 
 
 @dataclass
@@ -119,6 +123,8 @@ def _mix(data, where: str) -> Mix:
     mix.steps = {int(k): v for k, v in _weights(f"{where}.steps", mix.steps).items()}
     mix.samplers = _weights(f"{where}.samplers", mix.samplers)
     _positive(where, timeout_s=mix.timeout_s)
+    if mix.pacing_s is not None:
+        _positive(where, pacing_s=mix.pacing_s)
     if len(mix.wait_s) != 2 or not 0 <= mix.wait_s[0] <= mix.wait_s[1]:
         raise ConfigError(f"{where}.wait_s must be [min, max] seconds with 0 <= min <= max, got {mix.wait_s}")
     if not mix.images:

@@ -70,8 +70,9 @@ def aggregated(csv_prefix: Path) -> dict:
             "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]), "rps": float(row["Requests/s"])}
 
 
-def locust(host: str, cfg_path: Path, shape: str, out: Path, timeout_s: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, config.CONFIG_ENV: str(cfg_path), config.SHAPE_ENV: shape,
+def locust(host: str, cfg_path: Path, shape: str, out: Path, timeout_s: float,
+           extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(extra_env or {}), config.CONFIG_ENV: str(cfg_path), config.SHAPE_ENV: shape,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     env.pop("LOCUST_SKIP_MONKEY_PATCH", None)  # set by the test process for itself; Locust needs gevent
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,

@@ -110,7 +110,7 @@ class Admission:
     clock: StepClock
     max_batch: int
     deadline_s: float
-    headroom: float = 0.8  # admit only if the estimate is within this share of the deadline
+    headroom: float  # admit only if the estimate is within this share of the deadline (ServeConfig.admit_headroom)
     max_requests: int = 16
     max_tiles: int = 256
     admitted: list[Work] = field(default_factory=list)

@@ -53,7 +53,9 @@ class ServeConfig:
     # cost (deadline_s) decides instead
     max_latency_ms: int = 0
     deadline_s: float = 30.0  # a request is admitted only if it can be answered within this, else 503/422
-    admit_headroom: float = 0.8  # admit if the estimate is within this share of the deadline (estimates err)
+    # admit if the estimate is within this share of the deadline: estimates err low when the CPUs are shared
+    # (a Locust spike on the serving host: 7 of 53 admitted answers missed a 2 s deadline at 0.8, 1 of 45 at 0.6)
+    admit_headroom: float = 0.6
     max_inflight_requests: int = 16  # per worker; past it: 503 + Retry-After
     max_inflight_tiles: int = 256  # per worker
     retry_after_s: int = 2  # Retry-After while loading or draining (refusals by cost compute their own)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from loadtest.chaos import BEGIN, END, markdown, write_markdown
 
 RESULT = {
-    "loadavg_before": [0.5, 0.4, 0.3],
+    "loadavg": {"abandoned": 0.5, "paths": 0.4},
     "abandoned": [{"small_status": 200, "small_s": 0.05, "tile_steps_run": 40, "tile_steps_asked": 50000,
                    "refused": 16, "abandoned": 4}] * 3,
     "paths": [{"codes": [404], "metrics_growth_bytes": 0}],
@@ -44,3 +44,31 @@ def test_goals_are_judged_from_the_measurements():
     assert slow["64×64 within 1 s after the flood (abandoned)"].startswith("not met")
     assert slow["spike"] == "not met (refusals p95 0.200 s > 0.05, p50 back after None s)"
     assert slow["no 5xx for user mistakes"] == "not met (long filename)"
+
+
+def test_the_spike_is_a_valid_locust_configuration_at_the_measured_rate():
+    """The Locust configuration the spike writes parses with the load test's own schema, and its users and
+    pacing give half, twice, then half the sustainable rate."""
+    from loadtest import config
+    from loadtest.chaos import ChaosConfig, spike_config
+
+    cfg = ChaosConfig(base_s=10, spike_s=20, pacing_s=4)
+    spec = spike_config(3.0, cfg)
+    parsed = config.parse(spec, "spike")
+    shape, mix = parsed.selected, parsed.mix
+    assert (shape.base_users / mix.pacing_s, shape.users / mix.pacing_s) == (1.5, 6.0)
+    assert (shape.spike_at_s, shape.spike_s, shape.duration_s) == (10, 20, 40)
+    assert list(mix.steps) == [10] and mix.images[0].crop[2:] == [96, 80]
+
+
+def test_spike_figures_from_per_request_records():
+    from loadtest.chaos import ChaosConfig, spike_summary
+
+    cfg = ChaosConfig(base_s=10, spike_s=10, spike_deadline_s=2)
+    records = [(t, 200, 0.5, "") for t in range(10)]  # before: p50 0.5 s
+    records += [(10 + t / 2, 503, 0.02, "over capacity: tile queue") for t in range(10)]
+    records += [(10.2, 200, 2.5, ""), (11, 503, 2.0, "deadline of 2 s passed"), (12, 500, 0.1, "boom")]
+    records += [(20.5, 200, 1.5, ""), (22.5, 200, 0.55, "")]  # back to 1.2 x p50 in the third second
+    s = spike_summary(records, 2.0, cfg)
+    assert (s["ok"], s["refused"], s["deadline_missed"], s["other_5xx"]) == (13, 10, 2, 1)
+    assert s["refusal_s_median"] == 0.02 and s["p50_pre_s"] == 0.5 and s["p50_back_within_s"] == 3

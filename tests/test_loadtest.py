@@ -53,6 +53,7 @@ def test_shipped_config_has_ramp_soak_spike():
      r"must lie within duration_s=60"),
     ({"mix": {"steps": {}}}, r"mix.steps must be a non-empty mapping"),
     ({"mix": {"wait_s": [2, 1]}}, r"wait_s must be \[min, max\]"),
+    ({"mix": {"pacing_s": 0}}, r"mix.pacing_s must be a positive number"),
     ({"shapes": {"soak": {"kind": "soak", "users": 1, "duration_s": 9, "max_rss_growth": -1}}}, r"max_rss_growth"),
     ({"mix": {"images": [{"source": "sample:astronaut-lr.png", "crop": [0, 0, 4, 4]}]}}, r"crop must be"),
 ])
@@ -203,6 +204,22 @@ def test_locust_run_passes_or_fails_the_slo_gate(tmp_path, stand_in, status, exi
         assert stats["failures"] == 0 and "SLO met" in log
     else:
         assert stats["failures"] == stats["requests"] and "SLO breached: fail ratio 1.0000" in log
+
+
+def test_paced_users_write_one_record_per_request(tmp_path, stand_in):
+    """With mix.pacing_s each user sends one request per period (Locust's constant_pacing), and
+    SRNAS_LOAD_RECORDS gets one JSON line per request with its status and the service's error."""
+    cfg = write_config(tmp_path, shapes={"smoke": {"kind": "soak", "users": 2, "spawn_rate": 2, "duration_s": 4}},
+                       mix={"pacing_s": 1.0}, slo={"min_requests": 1})
+    records = tmp_path / "requests.jsonl"
+    locust(stand_in(503), cfg, "smoke", tmp_path, timeout_s=60, extra_env={config.RECORDS_ENV: str(records)})
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    stats = aggregated(tmp_path / "locust")
+    # the CSV is written as the run stops; a user's last answer may come in after it
+    assert stats["requests"] <= len(rows) <= stats["requests"] + 2
+    # 2 users x one request per second for 4 s, not as fast as the stand-in answers
+    assert 4 <= len(rows) <= 12, rows
+    assert {r["status"] for r in rows} == {503} and all(0 <= r["seconds"] < 1 for r in rows)
 
 
 @pytest.mark.slow
