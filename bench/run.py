@@ -33,7 +33,7 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from search.latency import host_id
+    from export.runtime import host_id
 
     return {"host": host_id(), "cpus": cpu_quota(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
@@ -58,7 +58,7 @@ def available(backends: list[str], models: dict[str, str]) -> tuple[list[str], d
 def run(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from models.checkpoint import load_model
     from search.costs import count_flops, count_params
-    from search.latency import host_id
+    from export.runtime import host_id
 
     threads = cfg.threads or cpu_quota()
     backends, skipped = available(cfg.backends, cfg.models)

@@ -65,12 +65,14 @@ def _cpu_step(job: TimingJob, bundle, batch: int) -> Step:
         torch.set_num_threads(threads)
         net = bundle.net.eval()
         if job.backend == "torch-bf16":
-            def run(a, b):
+            def bf16():
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-                    return net(a, b)
-        else:
-            run = load_denoiser(bundle, BackendConfig("torch", "fp32", threads)).run
-    return lambda: run(x, level)
+                    return net(x, level)
+
+            return bf16
+        run = load_denoiser(bundle, BackendConfig("torch", "fp32", threads)).run
+    xn, ln = x.numpy(), level.numpy()  # every Denoiser takes numpy arrays
+    return lambda: run(xn, ln)
 
 
 def _gpu_step(job: TimingJob, bundle, batch: int) -> Step:

@@ -2,7 +2,8 @@
 
 Serving, benchmarks and the CLI all build their denoiser here, so the sampler never knows which
 runtime evaluates the network. Configuration comes from arguments or the environment
-(SRNAS_BACKEND, SRNAS_VARIANT, SRNAS_THREADS).
+(SRNAS_BACKEND, SRNAS_VARIANT, SRNAS_THREADS). Only the torch backend (and exporting a folder that has no
+`model.onnx` yet) imports torch: serving a folder with its `model.onnx` needs numpy and ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from export.record import read_record, servable_variant
 from export.runtime import RuntimeConfig, cpu_quota, ort_session
-from models.checkpoint import ModelBundle
+from models.diffusion import Denoiser
 from models.errors import UserError
-from models.sampler import Denoiser
+from models.spec import ModelSpec
+
+Model = ModelSpec  # or models.checkpoint.ModelBundle (the same fields, plus the torch network `net`)
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 VARIANTS = ("fp32", "int8", "auto")
@@ -62,7 +65,7 @@ class LoadedDenoiser:
     label: str  # backend label for metrics, e.g. "onnxruntime-int8"
 
 
-def resolve_variant(bundle: ModelBundle, wanted: str) -> str:
+def resolve_variant(bundle: Model, wanted: str) -> str:
     if bundle.path is None or wanted == "fp32":
         return "fp32"
     if wanted == "auto":
@@ -77,15 +80,17 @@ def resolve_variant(bundle: ModelBundle, wanted: str) -> str:
     return wanted
 
 
-def load_denoiser(bundle: ModelBundle, cfg: BackendConfig | None = None) -> LoadedDenoiser:
+def load_denoiser(bundle: Model, cfg: BackendConfig | None = None) -> LoadedDenoiser:
     cfg = cfg or BackendConfig()
     cfg.validate()
     threads = cfg.threads or cpu_quota()
     if cfg.backend == "torch":
-        from models.upscaler import torch_denoiser
+        import torch
+
+        from models.eager import torch_denoiser
 
         torch.set_num_threads(threads)
-        return LoadedDenoiser(torch_denoiser(bundle.net), "torch", "fp32", "torch")
+        return LoadedDenoiser(torch_denoiser(_network(bundle)), "torch", "fp32", "torch")
     if cfg.backend == "tensorrt":
         from export.tensorrt import TensorRTDenoiser
 
@@ -99,24 +104,37 @@ def load_denoiser(bundle: ModelBundle, cfg: BackendConfig | None = None) -> Load
                           "onnxruntime", variant, f"onnxruntime-{variant}")
 
 
-def onnx_source(bundle: ModelBundle, variant: str = "fp32") -> Path | bytes:
-    """The model folder's exported file, or (fp32 only) a fresh in-memory export."""
+def _network(model: Model):
+    """The torch network: the bundle's own, or loaded from the spec's folder (this imports torch)."""
+    net = getattr(model, "net", None)
+    if net is None:
+        from models.checkpoint import load_model
+
+        net = load_model(model.path).net
+    return net
+
+
+def onnx_source(bundle: Model, variant: str = "fp32") -> Path | bytes:
+    """The model folder's exported file, or (fp32 only) a fresh in-memory export, which needs torch."""
     if bundle.path is not None and (bundle.path / ONNX_FILES[variant]).is_file():
         return bundle.path / ONNX_FILES[variant]
     if variant != "fp32":
         raise UserError(f"{bundle.path}: missing {ONNX_FILES[variant]}")
+    import torch
+
     from export.onnx_export import to_onnx
 
-    size = bundle.net.cfg.image_size
-    args = (torch.zeros(1, bundle.net.cfg.in_channels, size, size), torch.full((1,), 0.5))
-    return to_onnx(bundle.net, args, ["x", "noise_level"])
+    net, size = _network(bundle), bundle.unet.image_size
+    args = (torch.zeros(1, bundle.unet.in_channels, size, size), torch.full((1,), 0.5))
+    return to_onnx(net, args, ["x", "noise_level"])
 
 
 def ort_denoiser(model: Path | bytes, cfg: RuntimeConfig) -> Denoiser:
     sess = ort_session(model, cfg)
 
-    def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        feed = {"x": x.contiguous().numpy(), "noise_level": noise_level.contiguous().numpy()}
-        return torch.from_numpy(sess.run(None, feed)[0])
+    def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
+        feed = {"x": np.ascontiguousarray(x, dtype=np.float32),
+                "noise_level": np.ascontiguousarray(noise_level, dtype=np.float32)}
+        return sess.run(None, feed)[0]
 
     return run

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.checkpoint import ModelBundle
 from models.sampler import SamplerConfig, sample
-from models.upscaler import tile_seeds, torch_denoiser
+from models.eager import torch_denoiser
+from models.upscaler import tile_seeds
 
 
 @dataclass
@@ -35,12 +35,12 @@ def calibration_inputs(bundle: ModelBundle, cfg: CalibrationConfig) -> list[dict
     _, bic, _ = CropSampler(load_pairs("builtin", "train"), 128, seed=cfg.seed, augment=False).batch(cfg.crops)
     net, feeds = torch_denoiser(bundle.net), []
 
-    def capture(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        feeds.append({"x": x.numpy().copy(), "noise_level": level.numpy().copy()})
+    def capture(x: np.ndarray, level: np.ndarray) -> np.ndarray:
+        feeds.append({"x": x.copy(), "noise_level": level.copy()})
         return net(x, level)
 
     for sampler, steps in cfg.settings:
-        sample(capture, bundle.diffusion, torch.from_numpy(bic), SamplerConfig(sampler, steps),
+        sample(capture, bundle.diffusion, bic, SamplerConfig(sampler, steps),
                tile_seeds(cfg.seed, len(bic)))
     return feeds
 

@@ -8,7 +8,8 @@ recorded PSNR loss is within the allowed budget.
                    "onnxruntime@1t": {...},    # one prediction per backend and runtime thread count,
                    "onnxruntime@1t@HOST": {...}},  # and per host where tables of several hosts exist
      "measured":  {"onnxruntime-fp32": {"host": ..., "seconds": {"1": s, ...}}, "torch": {...}},
-     "variants":  {"int8": {"file": "model.int8.onnx", "psnr_db": x, "psnr_drop_db": d, "seconds": {...}}}}
+     "variants":  {"int8": {"file": "model.int8.onnx", "psnr_db": x, "psnr_drop_db": d, "seconds": {...}}},
+     "network":   {"params": n, "flops_per_step": f, "tile": 128}}   # counted by torch at export, for serving
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.checkpoint import read_json, write_json
+from models.spec import read_json, write_json
 
 RECORD = "deploy.json"
 MAX_PSNR_DROP_DB = 0.1  # a reduced-precision variant may be served only within this loss
@@ -97,3 +98,23 @@ def servable_variant(model_dir: str | Path, wanted: str, max_drop_db: float = MA
             and (Path(model_dir) / v["file"]).is_file():
         return wanted
     return "fp32"
+
+
+def network_facts(model_dir: str | Path | None) -> dict[str, Any]:
+    """{"params", "flops_per_step"} of the folder's network, as recorded at export (None where unrecorded), so
+    that a server describes its model without torch."""
+    net = read_record(model_dir).get("network", {}) if model_dir is not None else {}
+    return {"params": net.get("params"), "flops_per_step": net.get("flops_per_step")}
+
+
+def record_network(model_dir: str | Path, net) -> dict[str, Any]:
+    """Count the torch network's parameters and FLOPs per step and write them into the record."""
+    from models.flops import count_flops, count_params
+
+    size = net.cfg.image_size
+    facts = {"params": count_params(net), "flops_per_step": count_flops(net, size, 1, net.cfg.in_channels),
+             "tile": size}
+    rec = read_record(model_dir)
+    rec["network"] = facts
+    write_json(Path(model_dir) / RECORD, rec)
+    return facts

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +66,16 @@ def ort_session(model: str | Path | bytes, cfg: RuntimeConfig | None = None):
     providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     src = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(src, so, providers=providers)
+
+
+def host_id() -> str:
+    """`node|CPU model`: latency tables and predictions name the host they were timed on."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()}|{cpu}"

@@ -1,14 +1,15 @@
 """TensorRT: build an fp16 engine from the ONNX file, and run it as the sampler's denoiser.
 
-TensorRT and a CUDA GPU are needed. Where either is missing, `require_tensorrt` raises a UserError
-saying which, so `srnas export --format tensorrt` exits with a clear message and the tests skip.
+TensorRT and a CUDA GPU are needed (and torch's CUDA build for the buffers). Where any is missing,
+`require_tensorrt` raises a UserError saying which, so `srnas export --format tensorrt` exits with a clear
+message and the tests skip. torch is imported only here, when an engine is built or run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from models.errors import UserError
 
@@ -20,6 +21,10 @@ def tensorrt_missing() -> str | None:
     except ImportError:
         return ("the `tensorrt` Python package is not installed (pip install tensorrt on a machine with an "
                 "NVIDIA driver; its wheel downloads the TensorRT libraries at install time)")
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (the engine's buffers are torch CUDA tensors)"
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch (TensorRT engines run on NVIDIA GPUs only)"
     return None
@@ -75,7 +80,7 @@ def build_engine(onnx_path: str | Path, out: str | Path, cfg: EngineConfig | Non
 
 
 class TensorRTDenoiser:
-    """Runs an engine on torch CUDA tensors; takes and returns CPU float32 tensors like every denoiser."""
+    """Runs an engine on torch CUDA tensors; takes and returns numpy float32 arrays like every denoiser."""
 
     def __init__(self, engine_path: str | Path):
         trt = require_tensorrt()
@@ -84,11 +89,15 @@ class TensorRTDenoiser:
         if self.engine is None:
             raise UserError(f"{engine_path}: not a TensorRT engine for this TensorRT version and GPU")
         self.context = self.engine.create_execution_context()
+        import torch
+
+        self.torch = torch
         self.stream = torch.cuda.Stream()
 
-    def __call__(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        inputs = {"x": x.to("cuda", torch.float32).contiguous(),
-                  "noise_level": noise_level.to("cuda", torch.float32).contiguous()}
+    def __call__(self, x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        inputs = {"x": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to("cuda"),
+                  "noise_level": torch.from_numpy(np.ascontiguousarray(noise_level, dtype=np.float32)).to("cuda")}
         for name, t in inputs.items():
             self.context.set_input_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
@@ -98,4 +107,4 @@ class TensorRTDenoiser:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
         self.stream.synchronize()
-        return out.cpu()
+        return out.cpu().numpy()

@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results.write_text(json.dumps(res, indent=1, default=str) + "\n")
         raw = args.results
     if args.markdown:
-        from search.latency import host_id
+        from export.runtime import host_id
 
         write_markdown(args.markdown, markdown(res, args.host_name or host_id(), _relative(raw)))
     return 0

@@ -1,10 +1,8 @@
-"""Model files: `model.safetensors` (weights) + `config.json` (network, diffusion, defaults, metadata).
-
-Nothing is ever unpickled: tensors come from safetensors, everything else from JSON.
+"""Model files: `model.safetensors` (weights) + `config.json` (network, diffusion, defaults, metadata), with
+the torch network. Nothing is ever unpickled: tensors come from safetensors, everything else from JSON.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,17 +11,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from models.config import UNetConfig
-from models.errors import UserError
-from models.diffusion import Diffusion, DiffusionConfig
+from models.diffusion import Diffusion
+from models.spec import (CONFIG, DEFAULT_MODEL_DIR, DEFAULT_SAMPLING, WEIGHTS, CheckpointError, ModelSpec,  # noqa: F401
+                         read_json, read_spec, write_json)
 from models.unet import UNet
-
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
-
-
-class CheckpointError(UserError):
-    """A model folder that is missing, incomplete or corrupt."""
 
 
 @dataclass
@@ -33,9 +24,14 @@ class ModelBundle:
     net: UNet
     diffusion: Diffusion
     preset: str
-    defaults: dict[str, Any] = field(default_factory=lambda: {"steps": 20, "sampler": "ddim", "eta": 0.0})
+    defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLING))
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def unet(self):
+        """The network's configuration (as `ModelSpec.unet`)."""
+        return self.net.cfg
 
     def config_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "unet": self.net.cfg.to_dict(), "diffusion": self.diffusion.cfg.to_dict(),
@@ -51,21 +47,6 @@ def save_model(bundle: ModelBundle, out_dir: str | Path, state: dict[str, torch.
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
-
-
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
@@ -77,20 +58,12 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_model(model_dir: str | Path | None = None) -> ModelBundle:
     """Load a model folder (the shipped default when None)."""
-    path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a model folder (expected {CONFIG} and {WEIGHTS})")
-    cfg = read_json(path / CONFIG)
-    try:
-        net = UNet(UNetConfig.from_dict(cfg["unet"]))
-        diffusion = Diffusion(DiffusionConfig(**cfg["diffusion"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path / CONFIG}: invalid model config ({exc})") from None
+    spec = read_spec(model_dir)
+    path = spec.path
+    net = UNet(spec.unet)
     try:
         net.load_state_dict(read_tensors(path / WEIGHTS))
     except RuntimeError as exc:
         raise CheckpointError(f"{path / WEIGHTS}: weights do not match the config ({str(exc)[:300]})") from None
     net.eval()
-    bundle = ModelBundle(net, diffusion, cfg.get("preset", "custom"), meta=cfg.get("meta", {}), path=path)
-    bundle.defaults.update(cfg.get("defaults", {}))
-    return bundle
+    return ModelBundle(net, spec.diffusion, spec.preset, spec.defaults, spec.meta, path)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from models.diffusion import Diffusion
 from models.imaging import bicubic_up, to_float, to_uint8
@@ -83,10 +82,8 @@ def tile_seeds(seed: int, n: int) -> list[int]:
 
 def sample_tiles(denoiser: Denoiser, diffusion: Diffusion, tiles: np.ndarray, cfg: SamplerConfig,
                  seeds: Sequence[int], batch: int, on_step: StepCallback | None = None) -> np.ndarray:
-    out = []
-    for i in range(0, len(tiles), batch):
-        bic = torch.from_numpy(np.ascontiguousarray(tiles[i: i + batch]))
-        out.append(sample(denoiser, diffusion, bic, cfg, seeds[i: i + batch], on_step).numpy())
+    out = [sample(denoiser, diffusion, tiles[i: i + batch], cfg, seeds[i: i + batch], on_step)
+           for i in range(0, len(tiles), batch)]
     return np.concatenate(out)
 
 
@@ -97,19 +94,3 @@ def upscale(denoiser: Denoiser, diffusion: Diffusion, lr_u8: np.ndarray, cfg: Sa
     tiles, plan = make_tiles(lr_u8, tiles_cfg)
     sr = sample_tiles(denoiser, diffusion, tiles, cfg, tile_seeds(seed, len(tiles)), tiles_cfg.batch)
     return blend_tiles(sr, plan)
-
-
-def torch_denoiser(net: torch.nn.Module) -> Denoiser:
-    """Wrap a torch network as the sampler's runtime-agnostic denoiser (CPU tensors in and out, whatever
-    device the network lives on)."""
-    net.eval()
-    device = next(net.parameters()).device
-
-    def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if device.type == "cpu":
-                return net(x, noise_level)
-            return net(x.to(device), noise_level.to(device)).cpu()
-
-    return run
-

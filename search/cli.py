@@ -478,7 +478,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     from models.checkpoint import load_model
     from models.sampler import SamplerConfig
-    from models.upscaler import TileConfig, torch_denoiser, upscale
+    from models.eager import torch_denoiser
+    from models.upscaler import TileConfig, upscale
     from search.data import load_rgb
 
     _threads(args.threads)

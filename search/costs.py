@@ -7,22 +7,10 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from models.flops import count_flops, count_params  # noqa: F401  (the search's cost models use both)
 from models.unet import UNet
 from search.supernet import (at_widths, context_key, context_like, mixed_ops, parse_context, slot_inputs,
                              width_combos, width_slots)
-
-
-def count_params(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
-def count_flops(net: torch.nn.Module, size: int = 128, batch: int = 1, in_channels: int = 6) -> int:
-    """FLOPs of one denoising step (one forward pass) at `batch` x in_channels x size x size."""
-    x = torch.zeros(batch, in_channels, size, size)
-    level = torch.full((batch,), 0.5)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(x, level)
-    return int(counter.get_total_flops())
 
 
 class SlotCosts:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from models.checkpoint import ModelBundle
 from models.imaging import to_uint8
 from models.sampler import Denoiser, SamplerConfig, sample
-from models.upscaler import tile_seeds, torch_denoiser
+from models.eager import torch_denoiser
+from models.upscaler import tile_seeds
 from search.data import eval_crops, load_pairs
 from search.metrics import psnr_y, ssim_y
 
@@ -62,7 +62,7 @@ def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = 
         scfg = SamplerConfig(sampler, steps, cfg.eta)
         scfg.validate(bundle.diffusion.schedule.T)
         t0 = time.perf_counter()
-        outs = [sample(denoise, bundle.diffusion, torch.from_numpy(bic[i: i + cfg.batch]), scfg, seeds[i: i + cfg.batch]).numpy()
+        outs = [sample(denoise, bundle.diffusion, bic[i: i + cfg.batch], scfg, seeds[i: i + cfg.batch])
                 for i in range(0, len(bic), cfg.batch)]
         sr = np.concatenate(outs)
         row = {"sampler": sampler, "steps": steps, "eta": cfg.eta, **scores(sr, hrs),

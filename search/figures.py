@@ -8,12 +8,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from models.checkpoint import ModelBundle  # noqa: E402
 from models.imaging import to_uint8  # noqa: E402
 from models.sampler import SamplerConfig, sample  # noqa: E402
-from models.upscaler import torch_denoiser  # noqa: E402
+from models.eager import torch_denoiser  # noqa: E402
 from search.metrics import psnr_y  # noqa: E402
 
 
@@ -43,10 +42,10 @@ def trajectory_grid(bundle: ModelBundle, bic: np.ndarray, cfg: SamplerConfig, se
     """For each crop, y_t along the sampling path (top) and the predicted image at that step (bottom)."""
     frames: list[tuple[int, np.ndarray, np.ndarray]] = []
 
-    def keep(k: int, y: torch.Tensor, pred: torch.Tensor) -> None:
-        frames.append((k, y.numpy().copy(), pred.numpy().copy()))
+    def keep(k: int, y: np.ndarray, pred: np.ndarray) -> None:
+        frames.append((k, y.copy(), pred.copy()))
 
-    sample(torch_denoiser(bundle.net), bundle.diffusion, torch.from_numpy(bic), cfg, seeds, on_step=keep)
+    sample(torch_denoiser(bundle.net), bundle.diffusion, bic, cfg, seeds, on_step=keep)
     idx = np.unique(np.linspace(0, len(frames) - 1, min(columns, len(frames))).round().astype(int))
     n = bic.shape[0]
     fig, axes = plt.subplots(2 * n, len(idx), figsize=(max(1.6 * len(idx), 6.0), 3.3 * n), squeeze=False)

@@ -8,7 +8,6 @@ table's error (MAPE), before and after a fitted linear correction.
 """
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from export.runtime import host_id  # noqa: F401  (the tables name their host)
 from models.checkpoint import read_json, write_json
 from models.unet import UNet
 from search.costs import SlotCosts
@@ -40,18 +40,6 @@ class ProfileConfig:
     size: int = 128
     fixed_subnets: int = 3  # per width context
     seed: int = 0
-
-
-def host_id() -> str:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()}|{cpu}"
 
 
 def backend_version(backend: str) -> str:

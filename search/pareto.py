@@ -190,7 +190,7 @@ class Study:
 
     # ---- the study -----------------------------------------------------------------------------
     def run(self, progress: bool = True) -> dict[str, Any]:
-        from search.latency import host_id
+        from export.runtime import host_id
 
         self._floor()
         self.state["host"] = host_id().split("|", 1)[-1]
@@ -215,7 +215,7 @@ class Study:
         stored = self.state.get("floor")
         quiet = self.watch.set_floor(net, stored["measured_ms"] if stored else None)
         if stored is None:
-            from search.latency import host_id
+            from export.runtime import host_id
 
             self.state["floor"] = {"arch": arch, "arch_id": baselines.arch_id(arch), "measured_ms": quiet,
                                    "predicted_ms": self.table.predict(arch, 1) * 1e3, "host": host_id()}

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from models.checkpoint import CheckpointError, ModelBundle, load_model, read_json, read_tensors, save_model, write_json
 from models.config import UNetConfig, preset
 from models.diffusion import Diffusion, DiffusionConfig
+from models.sr3_loss import sr3_loss
 from models.errors import UserError
 from models.unet import UNet
 from search import distributed
@@ -170,7 +171,7 @@ class Trainer:
     def weight_loss(self) -> torch.Tensor:
         """The training objective on the next batch (the SR3 loss; other networks change this alone)."""
         bic, hr = self.batch(self.data)
-        return self.diffusion.loss(self.model, hr, bic, self.gen, self.teacher, self.cfg.distill)
+        return sr3_loss(self.diffusion, self.model, hr, bic, self.gen, self.teacher, self.cfg.distill)
 
     def weight_step(self) -> float:
         for g in self.opt.param_groups:

@@ -43,7 +43,7 @@ class Limits:
 @dataclass
 class ServeConfig:
     model_tag: str = DEFAULT_MODEL_TAG
-    backend: str = "auto"  # auto: TensorRT engine when present, else ONNX Runtime, torch if that fails
+    backend: str = "auto"  # auto: TensorRT engine when present, else ONNX Runtime; torch only by name
     variant: str = "fp32"
     workers: int = 0  # 0: the CPU quota // threads
     threads: int = 0  # runtime threads per worker; 0: 1, or the quota // workers when workers is set

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
-from export.record import interpolate, predicted_entries, predicted_entry, read_record
-from models.checkpoint import ModelBundle, load_model
+from export.record import interpolate, network_facts, predicted_entries, predicted_entry, read_record
+from export.runtime import host_id
 from models.errors import UserError
-from search.latency import host_id
+from models.spec import ModelSpec, read_spec
 from serving import metrics
 from serving.config import ServeConfig
 
@@ -22,10 +22,10 @@ log = logging.getLogger("srnas.serving")
 
 @dataclass
 class Served:
-    bundle: ModelBundle
+    bundle: ModelSpec  # config.json only: the network runs in `denoiser`
     denoiser: LoadedDenoiser
-    params: int
-    flops_per_step: int
+    params: int | None  # as recorded at export (deploy.json), None where unrecorded
+    flops_per_step: int | None
     predicted: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step
     prediction_source: dict[str, Any] | None = None  # the table and the host it was timed on
     loaded_in_s: float = 0.0
@@ -46,7 +46,7 @@ class Served:
 
     def describe(self) -> dict[str, Any]:
         d = self.bundle.defaults
-        net = self.bundle.net.cfg
+        net = self.bundle.unet
         return {"preset": self.bundle.preset, "path": str(self.bundle.path), "arch": net.arch or None,
                 "unet": net.to_dict(), "params": self.params, "flops_per_step": self.flops_per_step,
                 "tile": [net.image_size, net.image_size],
@@ -59,11 +59,12 @@ class Served:
                 "loaded_in_s": round(self.loaded_in_s, 3)}
 
 
-def select_backend(bundle: ModelBundle, cfg: ServeConfig) -> LoadedDenoiser:
-    """An explicit backend must load; `auto` prefers a TensorRT engine, then ONNX Runtime, then torch."""
+def select_backend(bundle: ModelSpec, cfg: ServeConfig) -> LoadedDenoiser:
+    """An explicit backend must load; `auto` prefers a TensorRT engine, then ONNX Runtime (torch, which the
+    serving install does not have, only when asked for by name)."""
     if cfg.backend != "auto":
         return load_denoiser(bundle, BackendConfig(cfg.backend, cfg.variant, cfg.threads))
-    order = (["tensorrt"] if bundle.path and (bundle.path / ENGINE_FILE).is_file() else []) + ["onnxruntime", "torch"]
+    order = (["tensorrt"] if bundle.path and (bundle.path / ENGINE_FILE).is_file() else []) + ["onnxruntime"]
     for name in order:
         try:
             return load_denoiser(bundle, BackendConfig(name, cfg.variant, cfg.threads))
@@ -113,7 +114,7 @@ def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> dic
     two timed calls at each end, whose fastest are the seconds per step admission starts from."""
     def call(b: int) -> float:
         t0 = time.perf_counter()
-        loaded.run(torch.zeros(b, 6, size, size), torch.full((b,), 0.5))
+        loaded.run(np.zeros((b, 6, size, size), np.float32), np.full((b,), 0.5, np.float32))
         return time.perf_counter() - t0
 
     for b in [max_batch] * bool(runs) + [1] * runs:
@@ -122,20 +123,15 @@ def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> dic
 
 
 def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
-    from search.costs import count_flops, count_params
-
     t0 = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
-    bundle = load_model(model_dir)
-    size = bundle.net.cfg.image_size
-    params, flops = count_params(bundle.net), count_flops(bundle.net, size)
+    bundle = read_spec(model_dir)
+    size = bundle.unet.image_size
+    facts = network_facts(bundle.path)
     loaded = select_backend(bundle, cfg)
-    if loaded.backend != "torch":  # torch only does the sampler's small element-wise glue between steps:
-        torch.set_num_threads(1)  # its spinning worker threads would steal the runtime's CPUs
     step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
     entry = prediction_entry(bundle.path, loaded, cfg.threads)
-    served = Served(bundle, loaded, params, flops, per_batch(entry, cfg.max_batch_size), prediction_source(entry),
-                    step_s=step_s)
+    served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], per_batch(entry, cfg.max_batch_size),
+                    prediction_source(entry), step_s=step_s)
     for b, s in served.predicted.items():
         metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0

@@ -23,7 +23,6 @@ from typing import Annotated, Literal
 import anyio
 import bentoml
 import numpy as np
-import torch
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import Field
@@ -196,8 +195,8 @@ class SRNAS:
         """One timed batch-1 step, so that admission after idle time decides on the machine's speed now
         (other programs may have taken the CPUs meanwhile); concurrent arrivals share it."""
         if self._calibrating is None or self._calibrating.done():
-            size = served.bundle.net.cfg.image_size
-            x, level = torch.zeros(1, 6, size, size), torch.full((1,), 0.5)
+            size = served.bundle.unet.image_size
+            x, level = np.zeros((1, 6, size, size), np.float32), np.full((1,), 0.5, np.float32)
 
             def step() -> None:
                 with self.gate:

@@ -1,11 +1,15 @@
-"""Put a model folder into the BentoML model store, where the service (and `bentoml build`) find it."""
+"""Put a model folder into the BentoML model store, where the service (and `bentoml build`) find it.
+
+A folder that carries its `model.onnx` and its network facts (deploy.json) is stored without torch; one
+that does not is exported here first, which needs the training install (torch)."""
 from __future__ import annotations
 
 import hashlib
 import shutil
 from pathlib import Path
 
-from models.checkpoint import CONFIG, DEFAULT_MODEL_DIR, WEIGHTS, load_model
+from export.record import network_facts
+from models.spec import CONFIG, DEFAULT_MODEL_DIR, WEIGHTS, read_spec
 from models.errors import UserError
 
 COPIED = (CONFIG, WEIGHTS, "deploy.json", "model.onnx", "model.int8.onnx", "model.plan")
@@ -36,27 +40,35 @@ def import_model(model_dir: str | Path | None, name: str, export_onnx: bool = Tr
     import bentoml
 
     src = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
-    bundle = load_model(src)  # refuse a broken folder before touching the store
+    spec = read_spec(src)  # refuse a broken folder before touching the store
+    if not (src / WEIGHTS).is_file():
+        raise UserError(f"{src}: missing {WEIGHTS}")
+    complete = (src / "model.onnx").is_file() and None not in network_facts(src).values()
     want = digest(src)
     tag, have = _latest_digest(name)
     if tag and have == want:
         return tag, False
     try:
-        with bentoml.models.create(name, labels={"preset": bundle.preset},
+        with bentoml.models.create(name, labels={"preset": spec.preset},
                                    metadata={"digest": want, "source": str(src.resolve())}) as stored:
             out = Path(stored.path)
             for f in COPIED:
                 if (src / f).is_file():
                     shutil.copy2(src / f, out / f)
-            if export_onnx and not (out / "model.onnx").is_file():
-                _write_onnx(bundle, out / "model.onnx")
+            if export_onnx and not complete:
+                _export(src, out)
     except ValueError as exc:  # an invalid model name
         raise UserError(f"cannot store {src} as {name!r}: {exc}") from None
     return str(stored.tag), True
 
 
-def _write_onnx(bundle, path: Path) -> None:
-    """Export once at import, so every server start skips the export."""
+def _export(src: Path, out: Path) -> None:
+    """Export once at import, so that every server start skips it (torch: the training install)."""
     from export.backends import onnx_source
+    from export.record import record_network
+    from models.checkpoint import load_model
 
-    path.write_bytes(onnx_source(bundle.__class__(bundle.net, bundle.diffusion, bundle.preset, path=None)))
+    bundle = load_model(src)
+    if not (out / "model.onnx").is_file():
+        (out / "model.onnx").write_bytes(onnx_source(bundle.__class__(bundle.net, bundle.diffusion, bundle.preset)))
+    record_network(out, bundle.net)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field, model_validator
 
 from models.diffusion import Diffusion
@@ -99,7 +98,7 @@ def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullco
     """Wrap a denoiser so that every network call (one denoising step) is timed; inside `gate`, which
     the front's image work also takes, so the runtime's threads get the CPUs to themselves."""
 
-    def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+    def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
         with gate:
             t0 = time.perf_counter()
             out = denoiser(x, noise_level)
@@ -121,13 +120,13 @@ def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, ma
     ran = [False] * len(jobs)
     for (steps, sampler), idx in groups.items():
         group = [slots[i] for i in idx]
-        bic = torch.from_numpy(np.stack([s.tile for s in group]))
+        bic = np.stack([s.tile for s in group])
         try:
             sr = sample(_watched(denoiser, group), diffusion, bic, SamplerConfig(sampler, steps, eta),
                         [jobs[i].seed for i in idx])
         except Abandoned:
             continue
-        for i, slot, tile in zip(idx, group, sr.numpy()):
+        for i, slot, tile in zip(idx, group, sr):
             slot.result, ran[i] = tile, True
     return ran
 
@@ -142,7 +141,7 @@ def _watched(denoiser, group: list[Slot]):
             per_work[id(slot.work)] = (w, n + 1)
     tracked = len(per_work) == len({id(s.work) for s in group})  # every tile belongs to some request
 
-    def run(x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+    def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
         if tracked and all(w.cancelled for w, _ in per_work.values()):
             raise Abandoned
         out = denoiser(x, noise_level)

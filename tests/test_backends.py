@@ -67,11 +67,12 @@ def test_native_groupnorm_matches_torch(native_gn, batch):
 
 def test_backends_agree_and_config_errors(monkeypatch):
     bundle = load_model(NAS)
-    x, level = _io(2)
+    x, level = (t.numpy() for t in _io(2))  # every denoiser takes and returns numpy arrays
     ort = load_denoiser(bundle, BackendConfig("onnxruntime", "fp32", 2))
     eager = load_denoiser(bundle, BackendConfig("torch", "fp32", 2))
     assert ort.label == "onnxruntime-fp32" and eager.label == "torch"
-    assert (ort.run(x, level) - eager.run(x, level)).abs().max() <= 1e-4
+    a, b = ort.run(x, level), eager.run(x, level)
+    assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.abs(a - b).max() <= 1e-4
     monkeypatch.setenv("SRNAS_BACKEND", "tpu")
     with pytest.raises(UserError, match="unknown backend"):
         BackendConfig.from_env()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -216,7 +217,8 @@ def test_bento_builds_into_the_image_the_deployment_expects(tmp_path):
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (bento,) = [p for p in (tmp_path / "home" / "bentos" / "srnas").iterdir() if p.name != "latest"]
     info = yaml.safe_load((bento / "bento.yaml").read_text())
-    assert info["service"] == yaml.safe_load((ROOT / "bentofile.yaml").read_text())["service"]
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["bentoml"]["build"]
+    assert info["service"] == build["service"]
     assert [m["tag"].split(":")[0] for s in info["services"] for m in s["models"]] == ["srnas-default"]
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     pod = one("cpu", "Deployment")["spec"]["template"]["spec"]

@@ -239,7 +239,7 @@ def test_info_describes_the_served_model(server):
     observed = info["step_latency"]["onnxruntime-fp32"]["1"]
     assert observed["count"] >= 1 and 0 < observed["observed_s"] < 10
     assert "/store" not in info["path"] and "srnas-default" in info["path"]  # served from the model store
-    from search.latency import host_id
+    from export.runtime import host_id
 
     src = info["prediction_source"]  # where the prediction was timed, beside where it is served
     assert src["table"].startswith("search/luts/") and src["this_host"] == host_id()

@@ -67,7 +67,7 @@ def test_predictions_come_from_the_table_timed_at_the_workers_thread_count(threa
     from export.backends import LoadedDenoiser
     from export.record import predicted_entries, read_record
     from models.checkpoint import DEFAULT_MODEL_DIR
-    from search.latency import host_id
+    from export.runtime import host_id
     from serving.model import per_batch, prediction_entry, prediction_source
 
     every = predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime")

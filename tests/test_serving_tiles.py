@@ -7,7 +7,8 @@ from pydantic import ValidationError
 
 from models.checkpoint import load_model
 from models.sampler import SamplerConfig
-from models.upscaler import sample_tiles, torch_denoiser
+from models.eager import torch_denoiser
+from models.upscaler import sample_tiles
 from serving.tiles import STORE, TileJob, run_jobs
 
 

@@ -5,7 +5,8 @@ import torch
 from models.checkpoint import load_model
 from models.imaging import bicubic_up, to_float, to_uint8
 from models.sampler import SamplerConfig
-from models.upscaler import TileConfig, blend_tiles, make_tiles, tile_seeds, torch_denoiser, upscale
+from models.eager import torch_denoiser
+from models.upscaler import TileConfig, blend_tiles, make_tiles, tile_seeds, upscale
 from tests.conftest import rgb
 
 
