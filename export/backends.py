@@ -1,20 +1,19 @@
 """The runtime behind the sampler's `Denoiser`: ONNX Runtime (default), a TensorRT engine, or torch.
 
 Serving, benchmarks and the CLI all build their denoiser here, so the sampler never knows which
-runtime evaluates the network. Configuration comes from arguments or the environment
-(SRNAS_BACKEND, SRNAS_VARIANT, SRNAS_THREADS). Only the torch backend (and exporting a folder that has no
+runtime evaluates the network. Serving fills the configuration from its environment (serving/config.py). Only the torch backend (and exporting a folder that has no
 `model.onnx` yet) imports torch: serving a folder with its `model.onnx` needs numpy and ONNX Runtime.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from export.record import read_record, servable_variant
-from export.runtime import RuntimeConfig, cpu_quota, ort_session
+from export.runtime import (DEVICES, PROVIDER_NAMES, RuntimeConfig, cpu_quota, ort_session,
+                            session_provider)
 from models.diffusion import Denoiser
 from models.errors import UserError
 from models.spec import ModelSpec
@@ -32,13 +31,8 @@ class BackendConfig:
     backend: str = "onnxruntime"
     variant: str = "fp32"  # auto: the fastest variant recorded within the PSNR budget
     threads: int = 0  # 0: the CPU quota
-
-    @classmethod
-    def from_env(cls) -> "BackendConfig":
-        cfg = cls(os.environ.get("SRNAS_BACKEND", cls.backend), os.environ.get("SRNAS_VARIANT", cls.variant),
-                  _env_int("SRNAS_THREADS", 0))
-        cfg.validate()
-        return cfg
+    device: str = "cpu"  # ONNX Runtime: cpu | cuda | auto (export/runtime.py: provider_chain)
+    trt_cache: str = ""  # ONNX Runtime's TensorRT engine cache folder ("": none)
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:
@@ -47,14 +41,8 @@ class BackendConfig:
             raise UserError(f"unknown variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
         if self.threads < 0:
             raise UserError(f"threads must be >= 0, got {self.threads}")
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw.strip() else default
-    except ValueError:
-        raise UserError(f"{name} must be an integer, got {raw!r}") from None
+        if self.device not in DEVICES:
+            raise UserError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
 
 
 @dataclass
@@ -62,7 +50,8 @@ class LoadedDenoiser:
     run: Denoiser
     backend: str  # e.g. "onnxruntime", "tensorrt", "torch"
     variant: str  # fp32 | int8 | fp16
-    label: str  # backend label for metrics, e.g. "onnxruntime-int8"
+    label: str  # backend label for metrics, e.g. "onnxruntime-int8", "onnxruntime-tensorrt-fp16"
+    provider: str = "CPUExecutionProvider"  # the ONNX Runtime execution provider that runs the graph
 
 
 def resolve_variant(bundle: Model, wanted: str) -> str:
@@ -100,8 +89,21 @@ def load_denoiser(bundle: Model, cfg: BackendConfig | None = None) -> LoadedDeno
                             f"`srnas export --format tensorrt --model {bundle.path}`)")
         return LoadedDenoiser(TensorRTDenoiser(engine), "tensorrt", "fp16", "tensorrt")
     variant = resolve_variant(bundle, cfg.variant)
-    return LoadedDenoiser(ort_denoiser(onnx_source(bundle, variant), RuntimeConfig(intra_threads=threads)),
-                          "onnxruntime", variant, f"onnxruntime-{variant}")
+    rt = RuntimeConfig(intra_threads=threads, device=cfg.device, trt_cache=cfg.trt_cache or None)
+    sess = ort_session(onnx_source(bundle, variant), rt)
+    provider = session_provider(sess)
+    return LoadedDenoiser(session_denoiser(sess), "onnxruntime", variant, provider_label(provider, variant, rt.fp16),
+                          provider)
+
+
+def provider_label(provider: str, variant: str, fp16: bool = True) -> str:
+    """The metrics' backend label: onnxruntime-<variant> on the CPU, and the GPU provider named with the
+    precision it runs (TensorRT builds fp16 engines from an fp32 graph when asked to)."""
+    name = PROVIDER_NAMES.get(provider, provider)
+    if name == "cpu":
+        return f"onnxruntime-{variant}"
+    precision = "fp16" if name == "tensorrt" and fp16 and variant == "fp32" else variant
+    return f"onnxruntime-{name}-{precision}"
 
 
 def _network(model: Model):
@@ -130,8 +132,10 @@ def onnx_source(bundle: Model, variant: str = "fp32") -> Path | bytes:
 
 
 def ort_denoiser(model: Path | bytes, cfg: RuntimeConfig) -> Denoiser:
-    sess = ort_session(model, cfg)
+    return session_denoiser(ort_session(model, cfg))
 
+
+def session_denoiser(sess) -> Denoiser:
     def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
         feed = {"x": np.ascontiguousarray(x, dtype=np.float32),
                 "noise_level": np.ascontiguousarray(noise_level, dtype=np.float32)}

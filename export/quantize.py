@@ -28,11 +28,9 @@ class CalibrationConfig:
     seed: int = 0
 
 
-def calibration_inputs(bundle: ModelBundle, cfg: CalibrationConfig) -> list[dict[str, np.ndarray]]:
-    """The denoiser inputs of real sampling runs on training crops."""
-    from search.data import CropSampler, load_pairs
-
-    _, bic, _ = CropSampler(load_pairs("builtin", "train"), 128, seed=cfg.seed, augment=False).batch(cfg.crops)
+def calibration_inputs(bundle: ModelBundle, bic: np.ndarray, cfg: CalibrationConfig) -> list[dict[str, np.ndarray]]:
+    """The denoiser inputs of real sampling runs on `bic`, bicubic-upsampled training crops (N x 3 x H x W
+    in [-1, 1]; the caller picks the data, e.g. `search.data.calibration_crops`)."""
     net, feeds = torch_denoiser(bundle.net), []
 
     def capture(x: np.ndarray, level: np.ndarray) -> np.ndarray:
@@ -55,14 +53,15 @@ class _Reader:
         return next(self.it, None)
 
 
-def quantize_int8(fp32_onnx: str | Path, out: str | Path, bundle: ModelBundle,
+def quantize_int8(fp32_onnx: str | Path, out: str | Path, bundle: ModelBundle, crops: np.ndarray,
                   cfg: CalibrationConfig | None = None) -> Path:
+    """int8 QDQ model calibrated on the denoiser inputs of sampling runs on `crops`."""
     from onnxruntime.quantization import CalibrationMethod
 
     cfg = cfg or CalibrationConfig()
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
-    feeds = calibration_inputs(bundle, cfg)
+    feeds = calibration_inputs(bundle, crops, cfg)
     root, level = logging.getLogger(), logging.getLogger().level
     root.setLevel(logging.ERROR)  # the quantizer warns once for every 1-D constant it leaves alone
     try:

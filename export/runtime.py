@@ -6,6 +6,9 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from models.errors import UserError
 
 
 def cpu_quota() -> int:
@@ -29,12 +32,22 @@ def _cgroup_quota() -> float | None:
         return None
 
 
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+DEVICES = ("cpu", "cuda", "auto")
+PROVIDER_NAMES = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt"}  # as the metrics' labels name them
+
+
 @dataclass
 class RuntimeConfig:
     intra_threads: int = 0  # 0: the CPU quota
     inter_threads: int = 1
     graph_optimization: str = "all"  # disable | basic | extended | all
-    providers: tuple[str, ...] | None = None  # None: TensorRT, CUDA when present, then CPU
+    # cpu; cuda: TensorRT (fp16, engines cached in trt_cache) then CUDA then CPU for what they cannot run;
+    # auto: cuda where this ONNX Runtime build has a GPU provider, else cpu
+    device: str = "cpu"
+    fp16: bool = True  # TensorRT builds fp16 engines
+    trt_cache: str | None = None  # folder for TensorRT engines and timing caches (a volume in the pod)
+    providers: tuple[str, ...] | None = None  # an explicit provider list overrides `device`
 
     def threads(self) -> int:
         return self.intra_threads or cpu_quota()
@@ -46,8 +59,37 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def provider_chain(cfg: RuntimeConfig, available: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(provider, options) in ONNX Runtime's order of preference for this configuration. A GPU device on a
+    build without GPU providers is a user error (the CPU package is installed: see the `[gpu]` extra)."""
+    if cfg.providers:
+        chain = [p for p in cfg.providers if p in available] or [CPU]
+        return [(p, {}) for p in chain]
+    if cfg.device not in DEVICES:
+        raise UserError(f"unknown device {cfg.device!r}; choose from {', '.join(DEVICES)}")
+    gpu = [p for p in (TENSORRT, CUDA) if p in available]
+    if cfg.device == "cpu" or (cfg.device == "auto" and not gpu):
+        return [(CPU, {})]
+    if not gpu:
+        raise UserError("device cuda: this ONNX Runtime has no CUDA or TensorRT execution provider (available: "
+                        f"{', '.join(available)}); install the [gpu] extra (onnxruntime-gpu) on a host with an "
+                        "NVIDIA driver")
+    chain: list[tuple[str, dict[str, Any]]] = []
+    if TENSORRT in gpu:
+        trt: dict[str, Any] = {"trt_fp16_enable": cfg.fp16}
+        if cfg.trt_cache:
+            Path(cfg.trt_cache).mkdir(parents=True, exist_ok=True)
+            trt.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cfg.trt_cache),
+                       trt_timing_cache_enable=True, trt_timing_cache_path=str(cfg.trt_cache))
+        chain.append((TENSORRT, trt))
+    if CUDA in gpu:
+        chain.append((CUDA, {}))
+    return chain + [(CPU, {})]
+
+
 def ort_session(model: str | Path | bytes, cfg: RuntimeConfig | None = None):
-    """An InferenceSession with graph optimisations on and explicit thread counts."""
+    """An InferenceSession with graph optimisations on, explicit thread counts and the configured device's
+    execution providers; `session_provider` says which one runs the graph."""
     import onnxruntime as ort
 
     cfg = cfg or RuntimeConfig()
@@ -61,11 +103,14 @@ def ort_session(model: str | Path | bytes, cfg: RuntimeConfig | None = None):
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[cfg.graph_optimization]
-    available = ort.get_available_providers()
-    wanted = cfg.providers or ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-    providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+    chain = provider_chain(cfg, ort.get_available_providers())
     src = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(src, so, providers=providers)
+    return ort.InferenceSession(src, so, providers=[p for p, _ in chain], provider_options=[o for _, o in chain])
+
+
+def session_provider(sess) -> str:
+    """The execution provider that runs the session's graph (the first one ONNX Runtime kept)."""
+    return sess.get_providers()[0]
 
 
 def host_id() -> str:

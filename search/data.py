@@ -194,3 +194,10 @@ def eval_crops(pairs: list[Pair], size: int = 128, per_image: int = 4) -> list[t
         for i, (y, x) in enumerate(cells):
             out.append((f"{p.name}#{i}", *crop(p, int(y), int(x), size)))
     return out
+
+
+def calibration_crops(n: int, seed: int = 0, size: int = 128) -> np.ndarray:
+    """`n` bicubic-upsampled crops of the built-in training photos (N x 3 x size x size in [-1, 1]): what int8
+    calibration samples on."""
+    _, bic, _ = CropSampler(load_pairs("builtin", "train"), size, seed=seed, augment=False).batch(n)
+    return bic

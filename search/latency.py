@@ -40,6 +40,7 @@ class ProfileConfig:
     size: int = 128
     fixed_subnets: int = 3  # per width context
     seed: int = 0
+    device: str = "cpu"  # onnxruntime: cpu | cuda (its TensorRT then CUDA execution providers, as served on GPUs)
 
 
 def backend_version(backend: str) -> str:
@@ -82,7 +83,7 @@ def make_timer(cfg: ProfileConfig) -> Timer:
             names = [f"input{i}" for i in range(len(args))]
             if last.get("module") is not module:
                 last.update(module=module, sess=ort_session(to_onnx(module, args, names), RuntimeConfig(
-                    intra_threads=threads, providers=("CPUExecutionProvider",))))
+                    intra_threads=threads, device=cfg.device)))
             sess = last["sess"]
             feed = {n: a.numpy() for n, a in zip(names, args)}
             return median_seconds(lambda: sess.run(None, feed), cfg.warmup, cfg.reps)

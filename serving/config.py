@@ -45,6 +45,9 @@ class ServeConfig:
     model_tag: str = DEFAULT_MODEL_TAG
     backend: str = "auto"  # auto: TensorRT engine when present, else ONNX Runtime; torch only by name
     variant: str = "fp32"
+    # ONNX Runtime's device: auto (the GPU where this ONNX Runtime build has CUDA or TensorRT), cpu, cuda
+    device: str = "auto"
+    trt_cache: str = ""  # TensorRT engine and timing caches (a volume): the first start builds, later ones load
     workers: int = 0  # 0: the CPU quota // threads
     threads: int = 0  # runtime threads per worker; 0: 1, or the quota // workers when workers is set
     max_batch_size: int = 16  # tiles per network call (BentoML adaptive batching)

@@ -31,6 +31,9 @@ ABANDONED = Counter("sr_abandoned_requests", "Admitted requests cancelled before
 WORKERS_SATURATED = Gauge("sr_workers_saturated", "Workers past their queue bound (a 1-tile request would be "
                           "refused); /readyz is false while any is", multiprocess_mode="livesum")
 WORKERS_READY = Gauge("sr_workers_ready", "Workers with the model loaded and warmed up", multiprocess_mode="livesum")
+MODEL_INFO = Gauge("sr_model_info", "The served model (1 per worker that loaded it): its store name and tag, the "
+                   "backend label and the ONNX Runtime execution provider that runs it",
+                   ["model", "tag", "backend", "provider"], multiprocess_mode="livesum")
 
 
 def _registry():

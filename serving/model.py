@@ -51,7 +51,7 @@ class Served:
                 "unet": net.to_dict(), "params": self.params, "flops_per_step": self.flops_per_step,
                 "tile": [net.image_size, net.image_size],
                 "backend": {"name": self.denoiser.backend, "variant": self.denoiser.variant,
-                            "label": self.denoiser.label},
+                            "label": self.denoiser.label, "provider": self.denoiser.provider},
                 "defaults": {"steps": d["steps"], "sampler": d["sampler"], "eta": d.get("eta", 0.0)},
                 "max_steps_model": self.bundle.diffusion.schedule.T,
                 "predicted_step_seconds": {str(b): s for b, s in sorted(self.predicted.items())},
@@ -63,14 +63,18 @@ def select_backend(bundle: ModelSpec, cfg: ServeConfig) -> LoadedDenoiser:
     """An explicit backend must load; `auto` prefers a TensorRT engine, then ONNX Runtime (torch, which the
     serving install does not have, only when asked for by name)."""
     if cfg.backend != "auto":
-        return load_denoiser(bundle, BackendConfig(cfg.backend, cfg.variant, cfg.threads))
+        return load_denoiser(bundle, backend_config(cfg.backend, cfg))
     order = (["tensorrt"] if bundle.path and (bundle.path / ENGINE_FILE).is_file() else []) + ["onnxruntime"]
     for name in order:
         try:
-            return load_denoiser(bundle, BackendConfig(name, cfg.variant, cfg.threads))
+            return load_denoiser(bundle, backend_config(name, cfg))
         except Exception as exc:  # a missing runtime or a failed export: fall back to the next one
             log.warning("backend %s unavailable (%s); trying the next", name, exc)
     raise UserError("no backend could load the model")
+
+
+def backend_config(name: str, cfg: ServeConfig) -> BackendConfig:
+    return BackendConfig(name, cfg.variant, cfg.threads, cfg.device, cfg.trt_cache)
 
 
 def per_batch(entry: dict[str, Any] | None, max_batch: int) -> dict[int, float]:

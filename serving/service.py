@@ -101,6 +101,9 @@ class SRNAS:
                                        CFG.max_inflight_requests, CFG.max_inflight_tiles)
             self.served = served
             SHED.check = self._shed
+            tag = self.model_ref.tag  # inside the service, BentoML's stored model: its version is resolved
+            metrics.MODEL_INFO.labels(tag.name, tag.version or "", served.denoiser.label,
+                                      served.denoiser.provider).set(1)
             metrics.WORKERS_READY.set(1)
         except Exception as exc:  # /livez turns false, so the orchestrator restarts us
             self.load_error = f"{type(exc).__name__}: {exc}"

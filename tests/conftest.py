@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def srnas_cmd() -> list[str]:
     exe = shutil.which("srnas", path=str(Path(sys.executable).parent)) or shutil.which("srnas")
-    return [exe] if exe else [sys.executable, "-m", "search.cli"]
+    return [exe] if exe else [sys.executable, "-m", "srnas.cli"]
 
 
 @pytest.fixture

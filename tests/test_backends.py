@@ -65,7 +65,7 @@ def test_native_groupnorm_matches_torch(native_gn, batch):
     assert np.abs(out - ref).max() <= 1e-4
 
 
-def test_backends_agree_and_config_errors(monkeypatch):
+def test_backends_agree_and_config_errors():
     bundle = load_model(NAS)
     x, level = (t.numpy() for t in _io(2))  # every denoiser takes and returns numpy arrays
     ort = load_denoiser(bundle, BackendConfig("onnxruntime", "fp32", 2))
@@ -73,15 +73,10 @@ def test_backends_agree_and_config_errors(monkeypatch):
     assert ort.label == "onnxruntime-fp32" and eager.label == "torch"
     a, b = ort.run(x, level), eager.run(x, level)
     assert isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.abs(a - b).max() <= 1e-4
-    monkeypatch.setenv("SRNAS_BACKEND", "tpu")
-    with pytest.raises(UserError, match="unknown backend"):
-        BackendConfig.from_env()
-    monkeypatch.setenv("SRNAS_BACKEND", "torch")
-    monkeypatch.setenv("SRNAS_THREADS", "two")
-    with pytest.raises(UserError, match="SRNAS_THREADS must be an integer"):
-        BackendConfig.from_env()
-    monkeypatch.setenv("SRNAS_THREADS", "1")
-    assert BackendConfig.from_env() == BackendConfig("torch", "fp32", 1)
+    for bad, message in ((BackendConfig("tpu"), "unknown backend"), (BackendConfig(threads=-1), "threads must be"),
+                         (BackendConfig(device="npu"), "unknown device"), (BackendConfig(variant="fp8"), "unknown variant")):
+        with pytest.raises(UserError, match=message):
+            bad.validate()
 
 
 def test_record_interpolates_and_guards_variants(nas_copy):
@@ -192,3 +187,60 @@ def test_bench_measures_records_and_writes_markdown(run_srnas, nas_copy, tmp_pat
     assert run_srnas(*args).returncode == 0 and md.read_text().count("<!-- srnas bench: start -->") == 1
     bad = run_srnas("bench", "nas=/nonexistent", "--no-progress")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_provider_chain_follows_the_device(tmp_path):
+    """cpu: the CPU provider only; cuda: TensorRT (fp16, engines cached in the configured folder), then CUDA, then
+    CPU for what they cannot run; auto: cuda only where the build has a GPU provider; cuda without one: a clear
+    error naming the [gpu] extra. (No GPU here: the chain is what ONNX Runtime is asked for.)"""
+    from export.runtime import CPU, CUDA, TENSORRT, provider_chain
+
+    gpu_build = [TENSORRT, CUDA, CPU]
+    assert provider_chain(RuntimeConfig(device="cpu"), gpu_build) == [(CPU, {})]
+    assert provider_chain(RuntimeConfig(device="auto"), [CPU]) == [(CPU, {})]
+    cache = tmp_path / "trt"
+    chain = provider_chain(RuntimeConfig(device="auto", trt_cache=str(cache)), gpu_build)
+    assert [p for p, _ in chain] == [TENSORRT, CUDA, CPU] and cache.is_dir()
+    assert chain[0][1] == {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                           "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+                           "trt_timing_cache_path": str(cache)}
+    assert [p for p, _ in provider_chain(RuntimeConfig(device="cuda", fp16=False), [CUDA, CPU])] == [CUDA, CPU]
+    with pytest.raises(UserError, match=r"no CUDA or TensorRT execution provider .*\[gpu\] extra"):
+        provider_chain(RuntimeConfig(device="cuda"), [CPU])
+    with pytest.raises(UserError, match="unknown device"):
+        provider_chain(RuntimeConfig(device="tpu"), gpu_build)
+
+
+def test_the_backend_label_names_the_provider_that_runs():
+    from export.backends import provider_label
+
+    assert provider_label("CPUExecutionProvider", "fp32") == "onnxruntime-fp32"
+    assert provider_label("CPUExecutionProvider", "int8") == "onnxruntime-int8"
+    assert provider_label("TensorrtExecutionProvider", "fp32") == "onnxruntime-tensorrt-fp16"
+    assert provider_label("TensorrtExecutionProvider", "fp32", fp16=False) == "onnxruntime-tensorrt-fp32"
+    assert provider_label("CUDAExecutionProvider", "fp32") == "onnxruntime-cuda-fp32"
+
+
+def test_a_loaded_onnxruntime_denoiser_reports_its_provider():
+    from models.spec import read_spec
+
+    loaded = load_denoiser(read_spec(NAS), BackendConfig("onnxruntime", "fp32", 1, device="auto"))
+    assert loaded.provider == "CPUExecutionProvider" and loaded.label == "onnxruntime-fp32"
+
+
+def test_gpu_bento_options_come_from_the_same_dependency_list():
+    """The GPU bento is pyproject.toml's bento with the [gpu] extra in place of onnxruntime and a CUDA image;
+    every other package and option is the CPU bento's."""
+    import tomllib
+
+    from srnas.bento import GPU_ENVS, build_options
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    cpu, gpu = build_options(False), build_options(True)
+    assert cpu["python"]["packages"] == data["project"]["dependencies"] and "cuda_version" not in cpu["docker"]
+    assert gpu["python"]["packages"] == [d for d in cpu["python"]["packages"] if d != "onnxruntime"] + \
+        data["project"]["optional-dependencies"]["gpu"]
+    assert gpu["docker"]["cuda_version"].startswith("12") and gpu["name"] == "srnas-gpu"
+    assert {e["name"]: e["value"] for e in gpu["envs"]}.items() >= GPU_ENVS.items()
+    assert {k: v for k, v in gpu.items() if k not in ("python", "docker", "envs", "name", "labels")} == \
+        {k: v for k, v in cpu.items() if k not in ("python", "docker", "envs", "name", "labels")}

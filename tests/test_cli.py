@@ -97,6 +97,9 @@ def _bad_cases(tmp_path, photo):
         "evaluate bad steps": (["evaluate", "--steps", "0"], "steps must be in 1..2000"),
         "unknown preset": (["info", "--preset", "huge"], "unknown preset"),
         "train empty folder": (["train", "--data", empty, "--iters", "1"], "no images found"),
+        "profile on a GPU without one": (["profile", "--device", "cuda", "--out", tmp_path / "lut.json"],
+                                         "no CUDA or TensorRT execution provider"),
+        "profile torch on cuda": (["profile", "--backend", "torch", "--device", "cuda"], "use --backend onnxruntime"),
     }
 
 

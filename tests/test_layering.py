@@ -52,3 +52,15 @@ def test_serving_loads_and_runs_the_default_model_without_torch():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == "(1, 3, 128, 128) 47579 161265920 []", r.stdout
+
+
+def test_the_cli_names_every_training_only_package():
+    """`srnas` turns a missing [train] package into an exit-2 message in the serving-only install: its list
+    covers the extra's packages (by import name)."""
+    import tomllib
+
+    from srnas.cli import TRAIN_ONLY
+
+    import_names = {"scikit-image": "skimage"}
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
+    assert {import_names.get(r, r) for r in extra} == set(TRAIN_ONLY)

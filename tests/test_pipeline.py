@@ -5,7 +5,7 @@ import subprocess
 import pytest
 from PIL import Image
 
-from search.pipeline_report import MIN_GAIN_DB, TOLERANCE_DB, choose_default
+from srnas.pipeline_report import MIN_GAIN_DB, TOLERANCE_DB, choose_default
 from tests.conftest import ROOT, srnas_cmd
 
 MODELS = ("base", "supernet", "softmax", "temperature", "gumbel-hard")

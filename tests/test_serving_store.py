@@ -8,6 +8,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -45,3 +47,53 @@ def test_bentoml_build_packs_the_model(tmp_path):
         names = tar.getnames()
     assert any(n.endswith("models/srnas-default/" + got["services"][0]["models"][0]["tag"].split(":")[1]
                           + "/model.safetensors") for n in names)
+
+
+@pytest.mark.slow
+def test_the_bento_serves_from_a_venv_with_only_its_own_requirements(tmp_path):
+    """`bentoml build`, then a fresh virtual environment with nothing but the bento's requirements (no torch),
+    `bentoml serve` of the built bento from it, and a real POST /upscale: 200 and a 2x PNG."""
+    import io
+    import venv
+
+    import httpx
+    from PIL import Image
+
+    from serving.launch import free_port, stop, wait_ready
+
+    home = tmp_path / "bentoml"
+    assert run([str(BIN / "srnas"), "store-import"], home).returncode == 0
+    build = run([str(BIN / "bentoml"), "build"], home)
+    assert build.returncode == 0, build.stderr[-2000:]
+    bento = next(p for p in (home / "bentos" / "srnas").iterdir() if p.name != "latest")
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "torch" not in reqs and "bentoml==1.4.40" in reqs, reqs
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), "-r",
+                          str(bento / "env" / "python" / "requirements.txt")], capture_output=True, text=True,
+                         timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    listed = subprocess.run([str(py), "-m", "pip", "list"], capture_output=True, text=True).stdout
+    assert "torch" not in listed and "scikit-image" not in listed, listed
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    proc = subprocess.Popen([str(env_dir / "bin" / "bentoml"), "serve", str(bento), "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                            env={**clean, "BENTOML_HOME": str(home), "SRNAS_WORKERS": "1"}, start_new_session=True)
+    from serving.launch import Server
+
+    srv = Server(proc, f"http://127.0.0.1:{port}", tmp_path / "serve.log")
+    try:
+        wait_ready(srv, timeout=300)
+        png = (ROOT / "serving" / "samples" / "astronaut-lr.png").read_bytes()
+        r = httpx.post(srv.url + "/upscale", files={"image": ("a.png", png)}, data={"steps": "1"}, timeout=120)
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(r.content)).size == (128, 128)
+        info = httpx.get(srv.url + "/info", timeout=30).json()
+        assert info["params"] == 47579 and info["backend"]["name"] == "onnxruntime"
+    finally:
+        stop(srv)
+        log.close()

@@ -140,6 +140,6 @@ def run(cfg: PipelineConfig, srnas: Callable[[list[str]], int], log: Callable[[s
         if rc != 0:
             raise UserError(f"stage {stage.name} failed (exit {rc}); fix it and run the pipeline again to resume")
         ledger.finish(stage.name)
-    from search.pipeline_report import write_report
+    from srnas.pipeline_report import write_report
 
     return write_report(cfg)

@@ -202,6 +202,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--space", default="default")
     p.add_argument("--threads", type=int, default=0, help="runtime threads (default: the CPU quota, as served)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="onnxruntime: cuda times blocks through its TensorRT/CUDA execution providers")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default="runs/lut.json")
@@ -226,7 +228,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise UserError("--reps and --batch must be >= 1 and --subnets >= 2")
     base = preset(args.preset)
     supernet = UNet(space_config(base, make_space(args.space, base))).eval()
-    cfg = ProfileConfig(args.backend, args.batch, args.threads, args.warmup, args.reps)
+    if args.device == "cuda" and args.backend != "onnxruntime":
+        raise UserError("--device cuda times through ONNX Runtime's GPU providers: use --backend onnxruntime")
+    if args.device == "cuda":
+        from export.runtime import RuntimeConfig, available_providers, provider_chain
+
+        provider_chain(RuntimeConfig(device="cuda"), available_providers())  # no GPU provider: a clear error
+    cfg = ProfileConfig(args.backend, args.batch, args.threads, args.warmup, args.reps, device=args.device)
     out = Path(args.out)
     if (args.check_only or args.extend) and not out.is_file():
         raise UserError(f"{out}: no latency table to {'check' if args.check_only else 'extend'}")
@@ -322,10 +330,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{out} (TensorRT fp16 engine, batch 1..{args.max_batch}, from ONNX opset {opset})")
         return 0
     if args.quantize:
-        from export.quantize import quantize_int8
+        from export.quantize import CalibrationConfig, quantize_int8
+        from search.data import calibration_crops
 
+        crops = calibration_crops(CalibrationConfig.crops, CalibrationConfig.seed)
         with tempfile.TemporaryDirectory() as tmp:
-            quantize_int8(export_unet(net, Path(tmp) / "fp32.onnx"), out, bundle)
+            quantize_int8(export_unet(net, Path(tmp) / "fp32.onnx"), out, bundle, crops)
         print(f"{out} (int8 QDQ, calibrated on the built-in training photos; passes onnx.checker)")
         return 0
     export_unet(net, out, dynamo=args.dynamo, groupnorm=groupnorm)
@@ -345,7 +355,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from export.deploy import DEFAULT_LUT, DeployConfig, deploy
+    from srnas.deploy import DEFAULT_LUT, DeployConfig, deploy
 
     lut = None if args.lut == "none" else args.lut or str(DEFAULT_LUT)
     if lut and not Path(lut).is_file():
@@ -582,7 +592,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
-    from search.compare import measure, measure_latency, write
+    from srnas.compare import measure, measure_latency, write
     from search.evaluate import EvalConfig
     from search.latency import ProfileConfig
 
@@ -619,6 +629,20 @@ def cmd_store_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bento (serving) -----------------------------------------------------------------------
+def _add_bento(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bento", help="build the bento from pyproject.toml (--gpu: ONNX Runtime GPU, CUDA image)")
+    p.add_argument("--gpu", action="store_true", help="onnxruntime-gpu in place of onnxruntime, a CUDA base image")
+    p.set_defaults(func=cmd_bento)
+
+
+def cmd_bento(args: argparse.Namespace) -> int:
+    from srnas.bento import build
+
+    print(build(gpu=args.gpu))
+    return 0
+
+
 # ---- pipeline ------------------------------------------------------------------------------
 def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="every stage in order: base, search per relaxation, fine-tune, evaluate, "
@@ -637,7 +661,7 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
-    from search.pipeline import RELAXATIONS, PipelineConfig, run
+    from srnas.pipeline import RELAXATIONS, PipelineConfig, run
 
     if any(r not in RELAXATIONS + ("gumbel",) for r in args.relax) or not args.relax:
         raise UserError(f"--relax takes a comma-separated subset of {', '.join(RELAXATIONS + ('gumbel',))}")
@@ -711,7 +735,7 @@ def _add_ablate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from search.ablation import AblationConfig, run, with_variants
+    from srnas.ablation import AblationConfig, run, with_variants
 
     cfg = with_variants(AblationConfig.load(args.config, out=args.out, markdown=args.markdown,
                                             quick=args.quick or None), args.variants)
@@ -732,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="srnas", description="SR3 x2 super-resolution slimmed by hardware-aware NAS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_train, _add_search, _add_finetune, _add_profile, _add_export, _add_evaluate, _add_upscale,
-                _add_info, _add_compare, _add_store_import, _add_deploy, _add_bench, _add_pipeline, _add_ablate, _add_pareto):
+                _add_info, _add_compare, _add_store_import, _add_bento, _add_deploy, _add_bench, _add_pipeline, _add_ablate, _add_pareto):
         add(sub)
     return parser
 

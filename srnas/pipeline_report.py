@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from search.compare import markdown as compare_table
-from search.pipeline import END, ROOT, START, PipelineConfig, models
+from srnas.compare import markdown as compare_table
+from srnas.pipeline import END, ROOT, START, PipelineConfig, models
 
 # The rule that picks the shipped default among the searched subnets.
 TOLERANCE_DB = 0.2  # "as good as the base"

@@ -97,8 +97,10 @@ def deploy(model_dir: str | Path, cfg: DeployConfig) -> dict[str, Any]:
         pred = predicted_from_lut(bundle, cfg.lut)  # beside the tables of other thread counts, not over them
         rec = update_record(path, "predicted", key_for(read_record(path), "onnxruntime", pred), pred)
     if cfg.int8:
-        from export.quantize import quantize_int8
+        from export.quantize import CalibrationConfig, quantize_int8
+        from search.data import calibration_crops
 
-        out = quantize_int8(path / ONNX_FILES["fp32"], path / ONNX_FILES["int8"], bundle)
+        crops = calibration_crops(CalibrationConfig.crops, CalibrationConfig.seed)
+        out = quantize_int8(path / ONNX_FILES["fp32"], path / ONNX_FILES["int8"], bundle, crops)
         rec = update_record(path, "variants", "int8", variant_quality(bundle, out, cfg))
     return rec

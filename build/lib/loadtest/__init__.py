@@ -1,0 +1,1 @@
+"""Load tests (Locust), the local Prometheus run and the Prometheus rule-file tooling."""

@@ -1,0 +1,37 @@
+"""SR3's training objective on torch tensors: a continuous noise level per item, the noised target, and the
+L1/L2 loss against what the network should predict (optionally guided by a teacher's output)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from models.diffusion import Denoiser, Diffusion, make_target
+
+
+def noise_levels(diffusion: Diffusion, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SR3's continuous noise level: t ~ U{1..T}, sqrt(gamma) ~ U(sqrt g_t, sqrt g_{t-1})."""
+    sqrt_g = torch.from_numpy(diffusion.schedule.gammas).sqrt().float()  # sqrt(gamma_t), t = 0..T
+    t = torch.randint(1, diffusion.schedule.T + 1, (n,), generator=generator)
+    lo, hi = sqrt_g[t], sqrt_g[t - 1]
+    return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+
+def sr3_loss(diffusion: Diffusion, model: Denoiser, hr: torch.Tensor, bicubic: torch.Tensor,
+             generator: torch.Generator | None = None, teacher: Denoiser | None = None,
+             distill: float = 0.0) -> torch.Tensor:
+    """The SR3 loss; with a teacher (same diffusion config), plus `distill` x the distance to its output
+    on the same noisy input, as once-for-all style NAS trains subnets from the full network."""
+    x0 = diffusion.to_x0(hr, bicubic)
+    sqrt_g = noise_levels(diffusion, hr.shape[0], generator).to(hr.device)
+    eps = torch.randn(x0.shape, generator=generator).to(hr.device)
+    sg = sqrt_g[:, None, None, None]
+    y = sg * x0 + (1 - sg ** 2).sqrt() * eps
+    inp = torch.cat([bicubic, y], dim=1)
+    out = model(inp, sqrt_g)
+    crit = F.l1_loss if diffusion.cfg.loss == "l1" else F.mse_loss
+    loss = crit(out, make_target(diffusion.cfg.prediction, x0, eps, sg))
+    if teacher is not None and distill > 0:
+        with torch.no_grad():
+            guide = teacher(inp, sqrt_g)
+        loss = loss + distill * crit(out, guide)
+    return loss

@@ -1,0 +1,101 @@
+"""Evaluation: PSNR/SSIM(Y) against HR beside bicubic, per sampler and step count, plus figures."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from models.checkpoint import ModelBundle
+from models.imaging import to_uint8
+from models.sampler import Denoiser, SamplerConfig, sample
+from models.eager import torch_denoiser
+from models.upscaler import tile_seeds
+from search.data import eval_crops, load_pairs
+from search.metrics import psnr_y, ssim_y
+
+
+@dataclass
+class EvalConfig:
+    data: str = "builtin"
+    lr_dir: str | None = None
+    steps: list[int] = field(default_factory=lambda: [10, 20, 50])
+    samplers: list[str] = field(default_factory=lambda: ["ddim", "ddpm"])
+    crops_per_image: int = 8
+    batch: int = 16
+    seed: int = 0
+    eta: float = 0.0
+    trajectory_steps: int = 20  # the trajectory figure follows a longer path than the best setting's
+    split: str = "val"  # selection uses val; reported figures use test
+
+
+def scores(images: np.ndarray, hrs: list[np.ndarray]) -> dict[str, float]:
+    """Mean PSNR and SSIM on Y of float CHW images in [-1, 1] against uint8 HR crops."""
+    sr = [to_uint8(x) for x in images]
+    return {"psnr_y": float(np.mean([psnr_y(a, b) for a, b in zip(sr, hrs)])),
+            "ssim_y": float(np.mean([ssim_y(a, b) for a, b in zip(sr, hrs)]))}
+
+
+def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = None,
+             progress: bool = True, denoiser: Denoiser | None = None) -> dict[str, Any]:
+    """Score the model on fixed validation crops; write metrics.json and figures if out_dir is given.
+
+    `denoiser` runs the network on another runtime (ONNX Runtime, a quantized variant); torch by default.
+    """
+    crops = eval_crops(load_pairs(cfg.data, cfg.split, cfg.lr_dir), per_image=cfg.crops_per_image)
+    if not crops:
+        raise ValueError(f"no {cfg.split} crop of 128x128 could be cut from the data")
+    names = [c[0] for c in crops]
+    bic = np.stack([c[2] for c in crops])
+    hrs = [to_uint8(c[3]) for c in crops]
+    seeds = tile_seeds(cfg.seed, len(crops))
+    denoise = denoiser or torch_denoiser(bundle.net)
+    report: dict[str, Any] = {"model": str(bundle.path), "preset": bundle.preset, "split": cfg.split, "crops": len(crops),
+                              "images": sorted({n.split("#")[0] for n in names}),
+                              "bicubic": scores(bic, hrs), "results": []}
+    best, runs = None, [(s, k) for s in cfg.samplers for k in cfg.steps]
+    for sampler, steps in tqdm(runs, disable=not progress, desc="evaluate"):
+        scfg = SamplerConfig(sampler, steps, cfg.eta)
+        scfg.validate(bundle.diffusion.schedule.T)
+        t0 = time.perf_counter()
+        outs = [sample(denoise, bundle.diffusion, bic[i: i + cfg.batch], scfg, seeds[i: i + cfg.batch])
+                for i in range(0, len(bic), cfg.batch)]
+        sr = np.concatenate(outs)
+        row = {"sampler": sampler, "steps": steps, "eta": cfg.eta, **scores(sr, hrs),
+               "seconds": time.perf_counter() - t0}
+        row["gain_db"] = row["psnr_y"] - report["bicubic"]["psnr_y"]
+        report["results"].append(row)
+        if best is None or row["psnr_y"] > best[0]["psnr_y"]:
+            best = (row, sr)
+    if out_dir is not None and best is not None:
+        write_outputs(Path(out_dir), report, crops, best, bundle, cfg)
+    return report
+
+
+def choose_defaults(report: dict[str, Any], tolerance_db: float = 0.05) -> dict[str, Any]:
+    """The fewest-step setting within `tolerance_db` of the best PSNR(Y) measured."""
+    rows = report["results"]
+    best = max(r["psnr_y"] for r in rows)
+    ok = [r for r in rows if r["psnr_y"] >= best - tolerance_db]
+    pick = min(ok, key=lambda r: (r["steps"], -r["psnr_y"]))
+    return {"steps": pick["steps"], "sampler": pick["sampler"], "eta": pick["eta"],
+            "chosen_by": f"fewest steps within {tolerance_db} dB of the best PSNR(Y) on {report['crops']} "
+                         f"validation crops ({pick['psnr_y']:.3f} dB vs bicubic {report['bicubic']['psnr_y']:.3f} dB)"}
+
+
+def write_outputs(out: Path, report: dict[str, Any], crops: list, best: tuple, bundle: ModelBundle,
+                  cfg: EvalConfig) -> None:
+    from search.figures import comparison_grid, trajectory_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    row, sr = best
+    comparison_grid(crops, sr, out / "grid.png", f"{row['sampler']} {row['steps']} steps")
+    n = min(4, len(crops))
+    steps = min(max(row["steps"], cfg.trajectory_steps), bundle.diffusion.schedule.T)
+    trajectory_grid(bundle, np.stack([c[2] for c in crops[:n]]), SamplerConfig(row["sampler"], steps, cfg.eta),
+                    tile_seeds(cfg.seed, n), out / "trajectory.png")

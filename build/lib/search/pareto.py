@@ -1,0 +1,461 @@
+"""`srnas pareto`: does the search find better networks than a user would get without it, at the same latency
+and the same training budget?
+
+At each latency target (multiples of the table's fastest architecture, measured on the serving backend and
+thread count) the study trains, on one budget of weight iterations:
+- searched subnets: one search per relaxation and seed (its 64 px search steps count toward the budget at their
+  pixel ratio), the argmax subnet scored as inherited, then fine-tuned for the rest of the budget;
+- random architectures the table puts within +-5 % of the target;
+- the base network uniformly narrowed to the target;
+- the classic FSRCNN sized to the target, trained by direct regression;
+and, once, the table's fastest architecture itself. Every point is scored on val (selection) and test (report).
+
+Results live in a results folder (default bench/results/pareto/, committed): pareto.json holds the study's
+settings, the floor's timing and one row per finished point; models/ keeps the best-on-val model of every
+(kind, relaxation, target) group. A rerun skips finished points, so the study resumes from what is committed;
+training runs in progress resume from their checkpoints in the run folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.checkpoint import ModelBundle, load_model, read_json, write_json
+from models.classic import FSRCNN, FSRCNNConfig, is_classic, load_classic
+from models.errors import UserError
+from models.imaging import to_uint8
+from models.unet import UNet
+from search import baselines
+from search.configfile import read_yaml
+from search.data import DataError, eval_crops, load_pairs
+from search.latency import LatencyTable
+from search.relax import RELAXATIONS
+from search.space import make_space
+from search.supernet import space_config
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("searched", "random", "narrowed", "floor", "classic", "base")
+
+
+@dataclass
+class StudyConfig:
+    preset: str = "tiny"
+    space: str = "default"
+    lut: str = "search/luts/tiny-default-ort-1t-epyc.json"  # the serving worker's table (1 runtime thread)
+    threads: int = 1  # runtime threads per serving worker: the table must have been timed with as many
+    targets: list[float] = field(default_factory=lambda: [1.25, 1.5, 2.0, 3.0])  # x the floor's measured time
+    relaxations: list[str] = field(default_factory=lambda: ["softmax", "gumbel-hard"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    temperature_targets: list[float] = field(default_factory=lambda: [2.0])
+    random_archs: int = 5
+    random_band: float = 0.05
+    baseline_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # floor, narrowed, classic
+    budget: int = 1000  # weight iterations of batch x patch for every point
+    train_recipe: str = "search/recipes/tiny.yaml"
+    search_recipe: str = "search/recipes/search-tiny.yaml"
+    search: dict[str, Any] = field(default_factory=dict)  # overrides of the search recipe
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the training recipe
+    data: str = "builtin"
+    val_crops: int = 8  # crops per image
+    test_crops: int = 8
+    reps: int = 30  # timed runs per measurement round
+    rounds: int = 7
+    train_threads: int = 2
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed study must share with the one that wrote the results (timing settings may change)."""
+        d = asdict(self)
+        for k in ("reps", "rounds", "train_threads"):
+            d.pop(k)
+        return d
+
+
+def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
+    raw = read_yaml(path, f"{path}: cannot read the study config") if path else {}
+    try:
+        cfg = StudyConfig(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
+    except TypeError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    return cfg
+
+
+QUICK = {"targets": [1.5, 3.0], "seeds": [0], "baseline_seeds": [0], "temperature_targets": [3.0], "random_archs": 1,
+         "budget": 4, "val_crops": 1, "test_crops": 1, "reps": 2, "rounds": 1,
+         "search": {"iters": 4, "batch": 2, "patch": 32, "warmup_alpha": 1, "cost_ramp": 1, "checkpoint_every": 2,
+                    "score_crops": 1},
+         "train": {"batch": 2, "patch": 32, "checkpoint_every": 2, "warmup": 1}}
+
+
+@dataclass
+class Point:
+    name: str
+    kind: str
+    target: float  # multiple of the floor
+    seed: int
+    relax: str | None = None
+    index: int = 0  # random architectures: which one
+
+
+def plan(cfg: StudyConfig) -> list[Point]:
+    """Every point of the study, in the order they run: the floor first, then target by target the first seed
+    of every kind before the further seeds, so that a partial study already compares every kind."""
+    points = [Point(f"floor-s{s}", "floor", 1.0, s) for s in cfg.baseline_seeds]
+    for t in cfg.targets:
+        tag = f"t{t:g}x"
+        relaxes = list(cfg.relaxations) + (["temperature"] if t in cfg.temperature_targets else [])
+        first, rest = [], []
+        for i, s in enumerate(cfg.seeds):
+            (first if i == 0 else rest).extend(Point(f"{tag}-searched-{r}-s{s}", "searched", t, s, r) for r in relaxes)
+        for i, s in enumerate(cfg.baseline_seeds):
+            group = first if i == 0 else rest
+            group += [Point(f"{tag}-narrowed-s{s}", "narrowed", t, s), Point(f"{tag}-classic-s{s}", "classic", t, s)]
+        first += [Point(f"{tag}-random{i}-s{cfg.seeds[0]}", "random", t, cfg.seeds[0], index=i)
+                  for i in range(cfg.random_archs)]
+        points += first + rest
+    return points
+
+
+class Study:
+    """One results folder and one run folder; `run` trains and scores every missing point."""
+
+    def __init__(self, cfg: StudyConfig, out: str | Path, results: str | Path, commit: bool = False):
+        self.cfg, self.out, self.results, self.commit = cfg, Path(out), Path(results), commit
+        self.table = _load_table(cfg)
+        base = self.train_cfg().unet_config()
+        self.supernet = UNet(space_config(base, make_space(cfg.space, base)))
+        _check_data(cfg.data)
+        self.state = self._load_state()
+        self.watch = baselines.Stopwatch(cfg.threads, cfg.reps, cfg.rounds)
+
+    # ---- settings ----------------------------------------------------------------------------
+    def train_cfg(self, **changes: Any):  # -> TrainConfig
+        from search.train import TrainConfig
+
+        raw = read_yaml(ROOT / self.cfg.train_recipe, f"{self.cfg.train_recipe}: cannot read")
+        raw.update(preset=self.cfg.preset, data=self.cfg.data, iters=self.cfg.budget, threads=self.cfg.train_threads)
+        raw.update(self.cfg.train)
+        raw.update(changes)
+        return TrainConfig.from_dict(raw)
+
+    def search_cfg(self, relax: str, seed: int, target_s: float):  # -> SearchConfig
+        from search.nas import SearchConfig
+
+        raw = read_yaml(ROOT / self.cfg.search_recipe, f"{self.cfg.search_recipe}: cannot read")
+        raw.update(preset=self.cfg.preset, space=self.cfg.space, data=self.cfg.data, threads=self.cfg.train_threads,
+                   relax=relax, seed=seed, cost="latency", lut=str(_abs(self.cfg.lut)))
+        raw.update(self.cfg.search)
+        loss = {**(raw.get("cost_loss") or {}), "form": "budget", "target_latency": target_s, "target_flops": None}
+        raw["cost_loss"] = loss
+        raw["temperature"] = {"steps": 0, **(raw.get("temperature") or {})}
+        return SearchConfig.from_dict(raw)
+
+    def search_equivalent(self, scfg) -> int:
+        """Weight iterations a search's steps are worth at the study's batch and crop (pixels per step)."""
+        tcfg = self.train_cfg()
+        return round(scfg.iters * scfg.batch * scfg.patch ** 2 / (tcfg.batch * tcfg.patch ** 2))
+
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.results / "pareto.json"
+
+    def _load_state(self) -> dict[str, Any]:
+        if self.state_path.is_file():
+            state = read_json(self.state_path)
+            if state.get("config") != self.cfg.fingerprint():
+                raise UserError(f"{self.state_path} was written by a study with other settings; use another "
+                                "--results folder or the same config")
+            return state
+        return {"host": "", "config": self.cfg.fingerprint(), "split": _split(self.cfg.data), "floor": None,
+                "targets": {}, "points": []}
+
+    def _save(self, message: str) -> None:
+        self.results.mkdir(parents=True, exist_ok=True)
+        write_json(self.state_path, self.state)
+        if self.commit:
+            _git_commit(self.results, message)
+
+    def done(self) -> set[str]:
+        return {p["name"] for p in self.state["points"]}
+
+    # ---- the study -----------------------------------------------------------------------------
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        from export.runtime import host_id
+
+        self._floor()
+        self.state["host"] = host_id().split("|", 1)[-1]
+        todo = [p for p in plan(self.cfg) if p.name not in self.done()]
+        bar = tqdm(todo, disable=not progress, desc="pareto", unit="point")
+        for point in bar:
+            bar.set_postfix_str(point.name)
+            t0 = time.perf_counter()
+            row = self.run_point(point)
+            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
+            self._keep_best(row)
+            self.state["points"].append(row)
+            line = (f"{point.name}: test PSNR(Y) {row['psnr_test']:.3f} dB, {row['measured_ms']:.2f} ms/step "
+                    f"({row['ratio_to_floor']:.2f}x the floor) on {self.state['host']}, {row['wall_seconds']:.0f} s")
+            bar.write(line)
+            self._save(f"Pareto study: {line}")
+        return self.state
+
+    def _floor(self) -> None:
+        arch = baselines.floor_arch(self.table, self.supernet)
+        net = UNet(dataclasses.replace(self.supernet.cfg, arch=arch))
+        stored = self.state.get("floor")
+        quiet = self.watch.set_floor(net, stored["measured_ms"] if stored else None)
+        if stored is None:
+            from export.runtime import host_id
+
+            self.state["floor"] = {"arch": arch, "arch_id": baselines.arch_id(arch), "measured_ms": quiet,
+                                   "predicted_ms": self.table.predict(arch, 1) * 1e3, "host": host_id()}
+            self.state["targets"] = {f"{t:g}": t * quiet for t in [1.0, *self.cfg.targets]}
+            self._save(f"Pareto study: floor timed at {quiet:.2f} ms/step")
+
+    def retime_floor(self) -> float:
+        """Time the floor alone again (in a quiet process) and rescale every figure of the study by the change:
+        the points' measurements are ratios to the floor, so they keep their meaning."""
+        if not self.state.get("floor"):
+            raise UserError(f"{self.state_path}: no floor timed yet; run the study first")
+        floor = self.state["floor"]
+        new = self.watch.set_floor(UNet(dataclasses.replace(self.supernet.cfg, arch=floor["arch"])))
+        scale = new / floor["measured_ms"]
+        floor["measured_ms"] = new
+        self.state["targets"] = {k: v * scale for k, v in self.state["targets"].items()}
+        for p in self.state["points"]:
+            p["target_ms"], p["measured_ms"] = p["target_ms"] * scale, p["measured_ms"] * scale
+        for size in self.state.get("sizes", {}).values():
+            size["sizing_ms"] *= scale
+        self._save(f"Pareto study: floor re-timed at {new:.2f} ms/step (figures x{scale:.3f})")
+        return new
+
+    def target_ms(self, t: float) -> float:
+        return self.state["targets"][f"{t:g}"]
+
+    def table_seconds(self, t: float) -> float:
+        """A measured target in the table's units (the table may run fast or slow against measurement)."""
+        f = self.state["floor"]
+        return self.target_ms(t) * f["predicted_ms"] / f["measured_ms"] / 1e3
+
+    def run_point(self, p: Point) -> dict[str, Any]:
+        run = self.out / p.name
+        if p.kind == "searched":
+            model, extra = self._searched(p, run)
+        elif p.kind == "classic":
+            model, extra = self._classic(p, run)
+        else:
+            arch = self._arch(p)
+            model = self._train(run, p.seed, arch if p.kind != "narrowed" else {}, **(
+                {"unet_overrides": {"base_channels": self._narrowed(p).base_channels}} if p.kind == "narrowed" else {}))
+            extra = {"iters": self.cfg.budget, "arch": arch or None}
+        return self._row(p, model, extra)
+
+    # ---- kinds ---------------------------------------------------------------------------------
+    def _arch(self, p: Point) -> dict[str, str]:
+        if p.kind == "floor":
+            return self.state["floor"]["arch"]
+        if p.kind == "random":
+            archs = baselines.random_archs(self.table, self.supernet, self.table_seconds(p.target),
+                                           self.cfg.random_archs, self.cfg.random_band, seed=int(p.target * 1000))
+            return archs[p.index]
+        return {}
+
+    def _narrowed(self, p: Point):
+        key = f"narrowed@{p.target:g}"
+        sizes = self.state.setdefault("sizes", {})
+        if key not in sizes:
+            cfg, ms = baselines.narrowed_config(self.train_cfg().unet_config(), self.target_ms(p.target), self.watch)
+            sizes[key] = {"base_channels": cfg.base_channels, "sizing_ms": ms}
+        return dataclasses.replace(self.train_cfg().unet_config(), base_channels=sizes[key]["base_channels"])
+
+    def _train(self, run: Path, seed: int, arch: dict[str, str], **changes: Any) -> Path:
+        from search.train import Trainer
+
+        overrides = {**changes.pop("unet_overrides", {}), **({"arch": arch} if arch else {})}
+        trainer = Trainer(self.train_cfg(seed=seed, unet_overrides=overrides, **changes), run / "train")
+        trainer.resume()
+        return trainer.run(progress=False)
+
+    def _searched(self, p: Point, run: Path) -> tuple[Path, dict[str, Any]]:
+        from search.nas import SearchTrainer
+
+        scfg = self.search_cfg(p.relax or "softmax", p.seed, self.table_seconds(p.target))
+        searcher = SearchTrainer(scfg, run / "search")
+        searcher.resume()
+        subnet = searcher.run(progress=False)
+        record = read_json(subnet / "arch.json")
+        spent = self.search_equivalent(scfg)
+        model = self._train(run, p.seed, {}, init_model=str(subnet), iters=self.cfg.budget - spent)
+        disc = record.get("discretization") or {}
+        choices = record["choices"]
+        ents, margins = record["entropy"].values(), record["margin"].values()
+        return model, {"iters": self.cfg.budget, "search_iters": scfg.iters, "search_equivalent_iters": spent,
+                       "arch": choices, "gap_db": disc.get("gap_db"), "supernet_psnr_val": disc.get("supernet_psnr_y"),
+                       "inherited_psnr_val": disc.get("inherited_psnr_y"), "skip_share": record["skip_share"],
+                       "mean_entropy": float(np.mean(list(ents))), "min_margin": float(min(margins)),
+                       "predicted_ms": self.table.predict(choices, 1) * 1e3,
+                       "target_table_ms": self.table_seconds(p.target) * 1e3}
+
+    def _classic(self, p: Point, run: Path) -> tuple[Path, dict[str, Any]]:
+        from search.classic_train import ClassicConfig, ClassicTrainer
+
+        key = f"classic@{p.target:g}"
+        sizes = self.state.setdefault("sizes", {})
+        if key not in sizes:
+            fcfg, ms = baselines.classic_config(self.target_ms(p.target), self.watch)
+            sizes[key] = {"fsrcnn": asdict(fcfg), "sizing_ms": ms}
+        raw = self.train_cfg(seed=p.seed).to_dict()
+        raw.pop("diffusion")
+        trainer = ClassicTrainer(ClassicConfig.from_dict({**raw, "fsrcnn": sizes[key]["fsrcnn"]}), run / "train")
+        trainer.resume()
+        return trainer.run(progress=False), {"iters": self.cfg.budget, "fsrcnn": sizes[key]["fsrcnn"]}
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def _row(self, p: Point, model: Path, extra: dict[str, Any]) -> dict[str, Any]:
+        val = score(model, self.cfg.data, "val", self.cfg.val_crops)
+        test = score(model, self.cfg.data, "test", self.cfg.test_crops)
+        timing = self.measure(model)
+        arch = extra.pop("arch", None)
+        row = {"name": p.name, "kind": p.kind, "relax": p.relax, "arch_id": baselines.arch_id(arch) if arch else None,
+               "target": p.target, "target_ms": self.target_ms(p.target), "measured_ms": timing["ms"],
+               "seed": p.seed, "train_iters": extra.pop("iters"), "train_seconds": _train_seconds(model),
+               "psnr_val": val["psnr_y"], "psnr_test": test["psnr_y"], "ssim_test": test["ssim_y"],
+               "gap_db": extra.pop("gap_db", None), "model": None, "val_crops": val["crops"],
+               "test_crops": test["crops"], "bicubic_psnr_test": test["bicubic_psnr_y"],
+               "ratio_to_floor": timing["ratio_to_floor"], "raw_ms": timing["raw_ms"], **extra}
+        if arch:
+            row["arch"] = arch
+            row["slots_differing_from_floor"] = baselines.slots_differing(arch, self.state["floor"]["arch"],
+                                                                          self.supernet)
+        row["_model_dir"] = str(model)
+        return row
+
+    def measure(self, model: Path) -> dict[str, float]:
+        if is_classic(model):
+            return self.watch.measure(load_classic(model), baselines.classic_inputs())
+        net = load_model(model).net
+        return self.watch.measure(net, baselines.unet_inputs(net))
+
+    def _keep_best(self, row: dict[str, Any]) -> None:
+        """Keep the model folder of the best seed (on val) of every (kind, relaxation, target) group."""
+        src = Path(row.pop("_model_dir"))
+        group = f"{row['kind']}" + (f"-{row['relax']}" if row["relax"] else "") + f"-{row['target']:g}x"
+        same = [r for r in self.state["points"] if r["kind"] == row["kind"] and r["relax"] == row["relax"]
+                and r["target"] == row["target"]]
+        if any(r["psnr_val"] >= row["psnr_val"] for r in same):
+            return
+        dest = self.results / "models" / group
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.onnx"))
+        for r in same:
+            r["model"] = None
+        row["model"] = str(dest.relative_to(self.results))
+
+
+def score(model: Path, data: str, split: str, per_image: int) -> dict[str, Any]:
+    """PSNR/SSIM(Y) on fixed crops of one split: the diffusion models with DDIM at 1 step (the served setting),
+    the classic network with its one forward pass."""
+    from search.evaluate import EvalConfig, evaluate, scores
+
+    if is_classic(model):
+        crops = eval_crops(load_pairs(data, split), per_image=per_image)
+        net = load_classic(model)
+        lr, bic = (torch.from_numpy(np.stack([c[i] for c in crops])) for i in (1, 2))
+        hrs = [to_uint8(c[3]) for c in crops]
+        with torch.inference_mode():
+            sr = net(lr, bic).numpy()
+        out = scores(sr, hrs)
+        return {"psnr_y": out["psnr_y"], "ssim_y": out["ssim_y"], "crops": len(crops),
+                "bicubic_psnr_y": scores(bic.numpy(), hrs)["psnr_y"]}
+    report = evaluate(load_model(model), EvalConfig(data=data, split=split, steps=[1], samplers=["ddim"],
+                                                    crops_per_image=per_image), progress=False)
+    r = report["results"][0]
+    return {"psnr_y": r["psnr_y"], "ssim_y": r["ssim_y"], "crops": report["crops"],
+            "bicubic_psnr_y": report["bicubic"]["psnr_y"]}
+
+
+# ---- checks --------------------------------------------------------------------------------
+def validate(cfg: StudyConfig) -> None:
+    """Everything a study can be refused for, before anything is written."""
+    bad = [r for r in cfg.relaxations if r not in RELAXATIONS]
+    if bad or not cfg.relaxations:
+        raise UserError(f"unknown relaxation {', '.join(bad) or '(none given)'}; choose from {', '.join(RELAXATIONS)}")
+    if not cfg.targets or min(cfg.targets) <= 1.0:
+        raise UserError(f"latency targets are multiples of the table's fastest architecture and must be above 1 "
+                        f"(got {cfg.targets}): nothing can run faster than the floor")
+    if not cfg.seeds or not cfg.baseline_seeds or cfg.budget < 1:
+        raise UserError("seeds and baseline_seeds must not be empty, and budget must be >= 1")
+    _load_table(cfg)
+    _check_data(cfg.data)
+
+
+def _abs(path: str | Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def _load_table(cfg: StudyConfig) -> LatencyTable:
+    path = _abs(cfg.lut)
+    if not path.is_file():
+        raise UserError(f"{cfg.lut}: no such latency table (make one with `srnas profile --threads "
+                        f"{cfg.threads} --out {cfg.lut}`)")
+    try:
+        table = LatencyTable.load(path)
+    except Exception as exc:  # a corrupt table is the user's file, not a crash
+        raise UserError(f"{cfg.lut}: not a latency table ({str(exc)[:200]})") from None
+    if int(table.meta.get("threads", 0)) != cfg.threads:
+        raise UserError(f"{cfg.lut} was timed with {table.meta.get('threads')} runtime threads, but serving workers "
+                        f"run {cfg.threads}: profile the serving configuration")
+    if 1 not in table.fixed:
+        raise UserError(f"{cfg.lut} has no batch-1 entries")
+    return table
+
+
+def _check_data(data: str) -> None:
+    for split in ("train", "val", "test"):
+        try:
+            if not load_pairs(data, split):
+                raise DataError(f"{data}: the {split} split is empty")
+        except DataError as exc:
+            raise UserError(f"data: {exc}") from None
+
+
+def _split(data: str) -> dict[str, list[str]]:
+    return {s: [p.name for p in load_pairs(data, s)] for s in ("train", "alpha", "val", "test")
+            if s != "alpha" or data == "builtin" or (Path(data) / "alpha").is_dir()}
+
+
+def _train_seconds(model: Path) -> float:
+    """Wall-clock of the training runs behind a model folder (search and fine-tune), from their logs."""
+    total = 0.0
+    for log in ("search_log.csv", "train_log.csv"):
+        for path in model.parent.parent.glob(f"*/{log}"):
+            lines = path.read_text().strip().splitlines()
+            if len(lines) > 1:
+                header = lines[0].split(",")
+                total += float(lines[-1].split(",")[header.index("seconds")])
+    return round(total, 1)
+
+
+def _git_commit(folder: Path, message: str) -> None:
+    """Commit the results folder (a machine may be reset; the study resumes from what is committed)."""
+    for _ in range(5):
+        add = subprocess.run(["git", "add", "--", str(folder)], cwd=ROOT, capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(folder)], cwd=ROOT, capture_output=True,
+            text=True).returncode == 0
+        if done:
+            return
+        time.sleep(2)  # another git command holds the index
+    print(f"warning: could not commit {folder}", flush=True)

@@ -1,0 +1,31 @@
+"""Non-inference routes, as a FastAPI app mounted into the BentoML service (so they appear in its OpenAPI)."""
+from __future__ import annotations
+
+from typing import Any
+
+import bentoml
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.metrics import step_latency_summary
+
+app = FastAPI(title="srnas model information")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def json_error(request, exc: StarletteHTTPException) -> JSONResponse:
+    """The service's error shape, {"error": ...}, instead of FastAPI's {"detail": ...}."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+@app.get("/info", summary="The served model: preset, arch, params, FLOPs, backend, defaults, step latency")
+def info() -> Any:
+    svc = bentoml.get_current_service()
+    served = getattr(svc, "served", None)
+    if served is None:
+        return JSONResponse({"error": "model is still loading"}, status_code=503)
+    body = served.describe()
+    body["limits"] = svc.limits_info()
+    body["step_latency"] = step_latency_summary()  # observed so far, all workers, beside the prediction
+    return body

@@ -1,0 +1,143 @@
+"""The served model: load it, pick the runtime, warm up, and describe it for /info and the gauges."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
+from export.record import interpolate, network_facts, predicted_entries, predicted_entry, read_record
+from export.runtime import host_id
+from models.errors import UserError
+from models.spec import ModelSpec, read_spec
+from serving import metrics
+from serving.config import ServeConfig
+
+log = logging.getLogger("srnas.serving")
+
+
+@dataclass
+class Served:
+    bundle: ModelSpec  # config.json only: the network runs in `denoiser`
+    denoiser: LoadedDenoiser
+    params: int | None  # as recorded at export (deploy.json), None where unrecorded
+    flops_per_step: int | None
+    predicted: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step
+    prediction_source: dict[str, Any] | None = None  # the table and the host it was timed on
+    loaded_in_s: float = 0.0
+    step_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step measured at start
+
+    def idle_step_s(self) -> dict[int, float]:
+        """Seconds per step on an idle worker, for admission: the start-up timing ran while the other workers
+        warmed up too, so where a latency table timed on this very host predicts faster, that is taken."""
+        own = bool(self.prediction_source and self.prediction_source.get("same_host"))
+        return {b: min(s, self.predicted[b]) if own and b in self.predicted else s for b, s in self.step_s.items()}
+
+    def contention(self) -> float:
+        """How much slower than idle the start-up timing ran (>= 1): where the step-time estimate starts,
+        so that the first requests after start are not admitted on an idle machine's speed."""
+        idle = self.idle_step_s()
+        ratios = [self.step_s[b] / idle[b] for b in idle if idle[b] > 0]
+        return max(1.0, sum(ratios) / len(ratios)) if ratios else 1.0
+
+    def describe(self) -> dict[str, Any]:
+        d = self.bundle.defaults
+        net = self.bundle.unet
+        return {"preset": self.bundle.preset, "path": str(self.bundle.path), "arch": net.arch or None,
+                "unet": net.to_dict(), "params": self.params, "flops_per_step": self.flops_per_step,
+                "tile": [net.image_size, net.image_size],
+                "backend": {"name": self.denoiser.backend, "variant": self.denoiser.variant,
+                            "label": self.denoiser.label, "provider": self.denoiser.provider},
+                "defaults": {"steps": d["steps"], "sampler": d["sampler"], "eta": d.get("eta", 0.0)},
+                "max_steps_model": self.bundle.diffusion.schedule.T,
+                "predicted_step_seconds": {str(b): s for b, s in sorted(self.predicted.items())},
+                "prediction_source": self.prediction_source,
+                "loaded_in_s": round(self.loaded_in_s, 3)}
+
+
+def select_backend(bundle: ModelSpec, cfg: ServeConfig) -> LoadedDenoiser:
+    """An explicit backend must load; `auto` prefers a TensorRT engine, then ONNX Runtime (torch, which the
+    serving install does not have, only when asked for by name)."""
+    if cfg.backend != "auto":
+        return load_denoiser(bundle, backend_config(cfg.backend, cfg))
+    order = (["tensorrt"] if bundle.path and (bundle.path / ENGINE_FILE).is_file() else []) + ["onnxruntime"]
+    for name in order:
+        try:
+            return load_denoiser(bundle, backend_config(name, cfg))
+        except Exception as exc:  # a missing runtime or a failed export: fall back to the next one
+            log.warning("backend %s unavailable (%s); trying the next", name, exc)
+    raise UserError("no backend could load the model")
+
+
+def backend_config(name: str, cfg: ServeConfig) -> BackendConfig:
+    return BackendConfig(name, cfg.variant, cfg.threads, cfg.device, cfg.trt_cache)
+
+
+def per_batch(entry: dict[str, Any] | None, max_batch: int) -> dict[int, float]:
+    """The entry's per-step predictions for every batch size up to `max_batch` (empty without an entry)."""
+    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
+
+
+def prediction_source(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where the prediction was timed, beside this host: a table timed on other hardware does not hold here,
+    and /info and the log say so instead of leaving a user to guess why observed/predicted is off."""
+    if entry is None:
+        return None
+    here = host_id()
+    src = {"table": entry.get("source"), "timed_on": entry.get("host"), "threads": entry.get("threads"),
+           "this_host": here, "same_host": entry.get("host") == here}
+    if not src["same_host"]:
+        log.warning("the step-latency prediction was timed on %s, this worker runs on %s: expect observed/predicted "
+                    "away from 1 (srnas profile on this hardware, then srnas deploy --lut)", src["timed_on"], here)
+    return src
+
+
+def prediction_entry(model_dir: Path | None, loaded: LoadedDenoiser, threads: int) -> dict[str, Any] | None:
+    """The search-time prediction for this backend and thread count, this host's table where there is one.
+    None if unrecorded: a table timed with another thread count says nothing about this one."""
+    if model_dir is None:
+        return None
+    record = read_record(model_dir)  # read once, not once per batch size
+    keys = [loaded.label] + ([loaded.backend] if loaded.variant in ("fp32", "fp16") else [])
+    entry = predicted_entry(record, keys, threads, host_id())
+    if entry is None:
+        other = sorted({e.get("threads") for k in keys for e in predicted_entries(record, k)})
+        if other:
+            log.warning("no step-latency prediction: the model's tables were timed with %s runtime threads, this "
+                        "worker runs %d (profile a table at this count and srnas deploy --lut it)",
+                        "/".join(map(str, other)), threads)
+    return entry
+
+
+def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> dict[int, float]:
+    """One call at the largest batch (the runtime sizes its buffers once), then `runs` at batch 1; then
+    two timed calls at each end, whose fastest are the seconds per step admission starts from."""
+    def call(b: int) -> float:
+        t0 = time.perf_counter()
+        loaded.run(np.zeros((b, 6, size, size), np.float32), np.full((b,), 0.5, np.float32))
+        return time.perf_counter() - t0
+
+    for b in [max_batch] * bool(runs) + [1] * runs:
+        call(b)
+    return {b: min(call(b) for _ in range(2)) for b in sorted({1, max_batch})}
+
+
+def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
+    t0 = time.perf_counter()
+    bundle = read_spec(model_dir)
+    size = bundle.unet.image_size
+    facts = network_facts(bundle.path)
+    loaded = select_backend(bundle, cfg)
+    step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
+    entry = prediction_entry(bundle.path, loaded, cfg.threads)
+    served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], per_batch(entry, cfg.max_batch_size),
+                    prediction_source(entry), step_s=step_s)
+    for b, s in served.predicted.items():
+        metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
+    served.loaded_in_s = time.perf_counter() - t0
+    log.info("serving %s on %s (loaded in %.1f s)", bundle.path, loaded.label, served.loaded_in_s)
+    return served

@@ -1,0 +1,287 @@
+"""The BentoML service: POST /upscale (x2 super-resolution of any image through 128x128 tiles).
+
+/upscale validates the upload, cuts it into tiles and sends them, in chunks, to its own batchable
+/denoise_tiles API, so BentoML's adaptive batching combines tiles
+from concurrent requests; a batch is then grouped by (steps, sampler), one sampling loop per group.
+The chunks go straight to BentoML's dispatcher for that API (serving/batching.py), and only references
+to the tiles travel: the tiles stay in this worker's `TileStore` (serving/tiles.py).
+Admission counts work (tiles x steps, serving/admission.py) and is decided from the image header, before
+decoding: a request that cannot be answered within the deadline gets 503 + Retry-After at once, one that
+no worker could finish in time gets 422. A request whose client leaves, or whose deadline passes, is
+cancelled: its queued tiles are skipped and its admission released.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
+from pydantic import Field
+from starlette.responses import JSONResponse, Response
+
+from models.errors import UserError
+from models.sampler import SamplerConfig
+from models.upscaler import TileConfig, TilePlan, blend_tiles, make_tiles, tile_seeds
+from serving import hardening, metrics
+from serving.batching import BatchedCall
+from serving.config import SERVICE_NAME, ServeConfig
+from serving.edge import DRAIN, SHED
+from serving.admission import Admission, StepClock, Work, tile_count
+from serving.cancel import until_done_or_abandoned
+from serving.imageio import BadImage, decode, encode_png, probe
+from serving.info import app as info_app
+from serving.middleware import BodyLimit, RetryAfter
+from serving.model import Served, load_served
+from serving.tiles import JOB_JSON_BYTES, MAX_SEED, STORE, TileJob, run_jobs, timed
+
+log = logging.getLogger("srnas.serving")
+CFG = ServeConfig.from_env()
+
+Steps = Annotated[int | None, Field(default=None, ge=1, le=CFG.limits.max_steps, strict=True,
+                                    description="denoising steps (default: the model's)")]
+Sampler = Annotated[Literal["ddim", "ddpm"] | None, Field(default=None, description="default: the model's")]
+Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, description="same seed, same bytes")]
+
+
+# only the public API drains and sheds: where BentoML's dispatcher is not found, in-flight requests send
+# their tile chunks through the /denoise_tiles route, which must keep working during the drain
+hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale",),
+                  retry_after_s=CFG.retry_after_s, drain_timeout_s=CFG.deadline_s + 5,  # admitted work ends by then
+                  header_timeout_s=CFG.upload_timeout_s)
+
+
+def decode_tiles(data: bytes) -> tuple[np.ndarray, TilePlan]:
+    """The upload as bicubic 128x128 tiles (one thread hop for both)."""
+    return make_tiles(decode(data, CFG.limits), TileConfig(overlap=CFG.overlap))
+
+
+def error(status: int, message: str, retry_after_s: int | None = None) -> JSONResponse:
+    if status == 503 and retry_after_s is None:
+        retry_after_s = CFG.retry_after_s
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@bentoml.asgi_app(info_app, path="/")
+# runner_connection: the client behind self.to_async is otherwise replaced every 100 calls or 300 s, and
+# BentoML closes the old one with calls still in flight (ServerDisconnectedError, ~10% of requests in a soak).
+@bentoml.service(name=SERVICE_NAME, workers=CFG.workers, threads=1, traffic={"timeout": CFG.timeout_s},
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9})
+class SRNAS:
+    model_ref = bentoml.models.BentoModel(CFG.model_tag)
+
+    def __init__(self) -> None:
+        self.served: Served | None = None
+        self.load_error: str | None = None
+        self.admission: Admission | None = None
+        self._calibrating: asyncio.Future | None = None
+        self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
+        self.model_dir = Path(self.model_ref.path)
+        self.denoise_batched = BatchedCall(self, "denoise_tiles")
+        dead = metrics.reap_dead_workers()  # a worker that replaces a killed one clears its stale gauges
+        if dead:
+            log.warning("removed the live gauges of dead workers %s", dead)
+        # load in the background so /livez answers at once and /readyz stays false until warm
+        threading.Thread(target=self._load, name="srnas-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            served = load_served(self.model_dir, CFG)
+            clock = StepClock(served.idle_step_s(), factor=served.contention())
+            self.admission = Admission(clock, CFG.max_batch_size, CFG.deadline_s, CFG.admit_headroom,
+                                       CFG.max_inflight_requests, CFG.max_inflight_tiles)
+            self.served = served
+            SHED.check = self._shed
+            stored = self.model_ref.stored  # the version resolved from the store, not "latest"
+            tag = stored.tag if stored is not None else self.model_ref.tag
+            metrics.MODEL_INFO.labels(tag.name, tag.version or "", served.denoiser.label,
+                                      served.denoiser.provider).set(1)
+            metrics.WORKERS_READY.set(1)
+        except Exception as exc:  # /livez turns false, so the orchestrator restarts us
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model failed to load")
+
+    def __is_ready__(self) -> bool:
+        # /readyz reaches any one worker: ready only once every worker has the model, so that no request
+        # after a true /readyz meets a worker that is still loading; not ready while any worker is past its
+        # queue bound (so that Kubernetes routes elsewhere) or while draining (serving/edge.py answers that)
+        self._publish_saturation()
+        return (self.served is not None and metrics.workers_ready() >= CFG.workers
+                and metrics.workers_saturated() == 0 and not DRAIN.draining)
+
+    def _shed(self) -> tuple[int, str] | None:
+        """(Retry-After, why) for a request refused before its body is read (this worker is saturated)."""
+        adm = self.admission
+        if adm is None or adm.clock.stale:  # a stale estimate is refreshed first, by admitting normally
+            return None
+        why = adm.why_saturated()
+        if why is None:
+            return None
+        metrics.REFUSED.labels("shed").inc()
+        return adm.retry_after_s(adm.queue_s() / max(adm.requests, 1)), why
+
+    def _publish_saturation(self) -> None:
+        if self.admission is not None:
+            metrics.WORKERS_SATURATED.set(int(self.admission.saturated()))
+
+    def __is_alive__(self) -> bool:
+        return self.load_error is None
+
+    def limits_info(self) -> dict:
+        lim = CFG.limits
+        return {"max_bytes": lim.max_bytes, "max_pixels": lim.max_pixels, "max_side": lim.max_side,
+                "min_side": lim.min_side, "max_steps": lim.max_steps, "max_batch_size": CFG.max_batch_size,
+                "max_latency_ms": CFG.max_latency_ms, "deadline_s": CFG.deadline_s,
+                "admit_headroom": CFG.admit_headroom, "workers": CFG.workers, "threads": CFG.threads,
+                "max_inflight_requests": CFG.max_inflight_requests, "max_inflight_tiles": CFG.max_inflight_tiles,
+                "tile_batching": self.denoise_batched.resolve(), "solo_direct": bool(CFG.solo_direct),
+                "upload_timeout_s": CFG.upload_timeout_s,
+                # the worker that answered: the step speed it assumes now and the work it holds
+                "admission": self.admission.describe() if self.admission else None}
+
+    @bentoml.api(route="/upscale")
+    async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
+                      seed: Seed = 0) -> Annotated[Path, ContentType("image/png")]:
+        """x2 super-resolution of a PNG, JPEG or WebP image; returns a PNG twice the size."""
+        served, admission = self.served, self.admission
+        if served is None or admission is None:
+            return error(503, "model is loading")
+        d = served.bundle.defaults
+        cfg = SamplerConfig(sampler or d["sampler"], steps or d["steps"], d.get("eta", 0.0))
+        try:
+            cfg.validate(min(served.bundle.diffusion.schedule.T, CFG.limits.max_steps))
+            size = image.stat().st_size
+            if size > CFG.limits.max_bytes:
+                raise BadImage(f"image is {size} bytes; at most {CFG.limits.max_bytes} are accepted", 413)
+            data = image.read_bytes()
+            width, height = probe(data, CFG.limits)  # the header only: admission before any pixel
+        except UserError as exc:
+            return error(400, str(exc))
+        except BadImage as exc:
+            return error(exc.status, str(exc))
+        if admission.clock.stale:
+            await self._calibrate(served)
+        decision = admission.admit(tile_count(width, height, CFG.overlap), cfg.steps)
+        self._publish_saturation()
+        if decision.work is None:
+            metrics.REFUSED.labels(decision.reason).inc()
+            return error(decision.status, decision.message, decision.retry_after_s)
+        work = decision.work
+        metrics.INFLIGHT.inc()
+        answer: Response | None = None
+        try:
+            answer = await self._until_done_or_abandoned(work, self._upscale(data, cfg, seed, work))
+            return answer
+        finally:
+            admission.release(work, answered=answer is not None and answer.status_code == 200)
+            self._publish_saturation()
+            metrics.INFLIGHT.dec()
+
+    async def _until_done_or_abandoned(self, work: Work, job) -> Response:
+        outcome, answer = await until_done_or_abandoned(work, job, SRNAS.context.request.receive)
+        if outcome == "done":
+            return answer
+        metrics.ABANDONED.labels(outcome).inc()
+        if outcome == "disconnect":  # nobody reads this answer; 499 as nginx logs a client that left
+            return error(499, "client closed the request")
+        return error(503, f"deadline of {CFG.deadline_s:g} s passed before the answer was ready")
+
+    async def _calibrate(self, served: Served) -> None:
+        """One timed batch-1 step, so that admission after idle time decides on the machine's speed now
+        (other programs may have taken the CPUs meanwhile); concurrent arrivals share it."""
+        if self._calibrating is None or self._calibrating.done():
+            size = served.bundle.unet.image_size
+            x, level = np.zeros((1, 6, size, size), np.float32), np.full((1,), 0.5, np.float32)
+
+            def step() -> None:
+                with self.gate:
+                    t0 = time.perf_counter()
+                    served.denoiser.run(x, level)
+                    self.admission.clock.observe(1, time.perf_counter() - t0, weight=1.0)
+
+            self._calibrating = asyncio.ensure_future(anyio.to_thread.run_sync(step))
+        await asyncio.shield(self._calibrating)
+
+    async def _upscale(self, data: bytes, cfg: SamplerConfig, seed: int, work: Work) -> Response:
+        try:
+            tiles, plan = await self._cpu(decode_tiles, data)
+        except BadImage as exc:
+            return error(exc.status, str(exc))
+        metrics.REQUEST_TILES.observe(len(tiles))
+        metrics.REQUESTED_STEPS.observe(cfg.steps)
+        try:
+            sr = await self._denoise(tiles, cfg, seed, work)
+        except BentoMLException as exc:
+            if int(getattr(exc.error_code, "value", 500)) == 503:
+                return error(503, "over capacity: tile queue past its latency bound")
+            raise
+        png = await self._cpu(lambda: encode_png(blend_tiles(sr, plan), CFG.png_level))
+        return Response(png, media_type="image/png")
+
+    async def _cpu(self, fn, *args):
+        """Image work off the event loop, and never during a network call (see `timed`)."""
+        def gated():
+            with self.gate:
+                return fn(*args)
+
+        return await anyio.to_thread.run_sync(gated)
+
+    async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int, work: Work) -> np.ndarray:
+        """Send the tiles in chunks of at most one batch; BentoML batches chunks of all requests together."""
+        now = time.time()
+        refs = [STORE.put(t, work) for t in tiles]
+        try:
+            jobs = [TileJob.of(r, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
+                    for r, s in zip(refs, tile_seeds(seed, len(tiles)))]
+            n = CFG.max_batch_size
+            if CFG.solo_direct and self.admission.requests == 1 and len(jobs) <= n:
+                # alone in this worker: BentoML's dispatcher would only hold the tiles for company that
+                # is not there (its learned wait), so run them at once; concurrent requests still batch
+                metrics.SOLO_DIRECT.inc()
+                await anyio.to_thread.run_sync(self._run_tiles, jobs)
+            else:
+                await asyncio.gather(*(self.denoise_batched(jobs[i: i + n]) for i in range(0, len(jobs), n)))
+            return np.stack([STORE.get(r).result for r in refs])
+        finally:  # also when the client goes away mid-request: nothing stays behind
+            STORE.drop(refs)
+
+    @bentoml.api(route="/denoise_tiles", batchable=True, max_batch_size=CFG.max_batch_size,
+                 max_latency_ms=CFG.dispatcher_latency_ms)
+    def denoise_tiles(self, jobs: list[TileJob]) -> list[bool]:
+        """Internal: sample tiles that /upscale in this worker holds (by reference), batched across requests."""
+        return self._run_tiles(jobs)
+
+    def _run_tiles(self, jobs: list[TileJob]) -> list[bool]:
+        served = self.served
+        if served is None:
+            raise bentoml.exceptions.ServiceUnavailable("model is loading")
+        now = time.time()
+        for job in jobs:
+            metrics.QUEUE_WAIT.observe(min(max(now - job.sent_at, 0.0), CFG.timeout_s))
+        label, clock = served.denoiser.label, self.admission.clock
+
+        def observe(batch: int, seconds: float) -> None:
+            metrics.DENOISE_STEP.labels(label, str(batch)).observe(seconds)
+            metrics.TILE_STEPS.inc(batch)
+            clock.observe(batch, seconds)
+            self._publish_saturation()  # the queue drains as steps run
+
+        return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate), served.bundle.diffusion,
+                        served.bundle.defaults.get("eta", 0.0), CFG.limits.max_steps)
+
+
+_body = CFG.limits.max_bytes + 64 * 1024  # the image plus the small form fields
+SRNAS.add_asgi_middleware(BodyLimit, limits={"/upscale": _body},
+                          default=CFG.max_batch_size * JOB_JSON_BYTES + 4096, upload_timeout_s=CFG.upload_timeout_s,
+                          notes={"/upscale": f"an image of at most {CFG.limits.max_bytes} bytes (SRNAS_MAX_BYTES) "
+                                             "and the form fields"})
+SRNAS.add_asgi_middleware(RetryAfter, seconds=CFG.retry_after_s)

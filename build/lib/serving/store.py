@@ -1,0 +1,74 @@
+"""Put a model folder into the BentoML model store, where the service (and `bentoml build`) find it.
+
+A folder that carries its `model.onnx` and its network facts (deploy.json) is stored without torch; one
+that does not is exported here first, which needs the training install (torch)."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from export.record import network_facts
+from models.spec import CONFIG, DEFAULT_MODEL_DIR, WEIGHTS, read_spec
+from models.errors import UserError
+
+COPIED = (CONFIG, WEIGHTS, "deploy.json", "model.onnx", "model.int8.onnx", "model.plan")
+
+
+def digest(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for name in COPIED:
+        if (model_dir / name).is_file():
+            h.update(name.encode())
+            h.update((model_dir / name).read_bytes())
+    return h.hexdigest()
+
+
+def _latest_digest(name: str) -> tuple[str | None, str | None]:
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        m = bentoml.models.get(f"{name}:latest")
+    except NotFound:
+        return None, None
+    return str(m.tag), m.info.metadata.get("digest")
+
+
+def import_model(model_dir: str | Path | None, name: str, export_onnx: bool = True) -> tuple[str, bool]:
+    """Returns (tag, created); a model already stored with the same files is not stored again."""
+    import bentoml
+
+    src = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+    spec = read_spec(src)  # refuse a broken folder before touching the store
+    if not (src / WEIGHTS).is_file():
+        raise UserError(f"{src}: missing {WEIGHTS}")
+    complete = (src / "model.onnx").is_file() and None not in network_facts(src).values()
+    want = digest(src)
+    tag, have = _latest_digest(name)
+    if tag and have == want:
+        return tag, False
+    try:
+        with bentoml.models.create(name, labels={"preset": spec.preset},
+                                   metadata={"digest": want, "source": str(src.resolve())}) as stored:
+            out = Path(stored.path)
+            for f in COPIED:
+                if (src / f).is_file():
+                    shutil.copy2(src / f, out / f)
+            if export_onnx and not complete:
+                _export(src, out)
+    except ValueError as exc:  # an invalid model name
+        raise UserError(f"cannot store {src} as {name!r}: {exc}") from None
+    return str(stored.tag), True
+
+
+def _export(src: Path, out: Path) -> None:
+    """Export once at import, so that every server start skips it (torch: the training install)."""
+    from export.backends import onnx_source
+    from export.record import record_network
+    from models.checkpoint import load_model
+
+    bundle = load_model(src)
+    if not (out / "model.onnx").is_file():
+        (out / "model.onnx").write_bytes(onnx_source(bundle.__class__(bundle.net, bundle.diffusion, bundle.preset)))
+    record_network(out, bundle.net)

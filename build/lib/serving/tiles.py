@@ -1,0 +1,152 @@
+"""Tile jobs: what the /upscale front sends to the batched denoiser, and how a mixed batch is run.
+
+The front and the batched denoiser run in the same worker process (BentoML's self-proxy is an in-process
+ASGI transport), so tiles never cross the self-call: the front parks each tile in this worker's
+`TileStore` and sends only its reference, and the denoiser writes the result back into the same slot.
+A job carries its own steps, sampler and seed, so one adaptive batch may mix requests; the batch is
+split into groups of equal (steps, sampler) and each group runs as one batched sampling loop. A tile's
+noise comes from its own seed, so its result does not depend on the other tiles in its batch.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from models.diffusion import Diffusion
+from models.sampler import SamplerConfig, sample
+from serving.admission import Work
+
+MAX_SEED = 2**63 - 1
+REF_PATTERN = r"^[0-9a-f]{32}$"
+JOB_JSON_BYTES = 512  # generous upper bound of one job's JSON, for the self-call body limit
+
+
+@dataclass
+class Slot:
+    tile: np.ndarray  # bicubic-upsampled float32 CHW in [-1, 1]
+    result: np.ndarray | None = None
+    work: Work | None = None  # the request it belongs to (its progress, and whether it was abandoned)
+
+    @property
+    def live(self) -> bool:
+        return self.work is None or not self.work.cancelled
+
+
+class Abandoned(Exception):
+    """Every request in a sampling group has gone: stop the loop before its next step."""
+
+
+class TileStore:
+    """This worker's tiles in flight, by unguessable reference. Only the front adds and removes them."""
+
+    def __init__(self) -> None:
+        self._slots: dict[str, Slot] = {}
+
+    def put(self, tile: np.ndarray, work: Work | None = None) -> str:
+        ref = secrets.token_hex(16)
+        self._slots[ref] = Slot(np.ascontiguousarray(tile, dtype=np.float32), work=work)
+        return ref
+
+    def get(self, ref: str) -> Slot | None:
+        return self._slots.get(ref)
+
+    def drop(self, refs: list[str]) -> None:
+        for ref in refs:
+            self._slots.pop(ref, None)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+
+STORE = TileStore()
+
+
+class TileJob(BaseModel):
+    """A reference to one 128x128 tile held by this worker's front, and how to sample it."""
+
+    ref: str = Field(pattern=REF_PATTERN)
+    steps: int = Field(ge=1, le=100_000)  # the front enforces the configured maximum
+    sampler: Literal["ddim", "ddpm"]
+    seed: int = Field(ge=0, le=MAX_SEED)
+    sent_at: float = 0.0  # wall clock when the front queued it (for the queue-wait histogram)
+
+    @model_validator(mode="after")
+    def _known(self) -> "TileJob":
+        # checked per request, before batching, so a bad job never fails the batch it would have joined
+        if STORE.get(self.ref) is None:
+            raise ValueError("unknown tile reference: /denoise_tiles only runs tiles that /upscale in the "
+                             "same worker holds")
+        return self
+
+    @classmethod
+    def of(cls, ref: str, **fields) -> "TileJob":
+        """A job for the front's own tile (known to be valid, so not re-validated)."""
+        return cls.model_construct(ref=ref, **fields)
+
+
+StepObserver = Callable[[int, float], None]  # (batch size, seconds of one network call)
+
+
+def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullcontext()):
+    """Wrap a denoiser so that every network call (one denoising step) is timed; inside `gate`, which
+    the front's image work also takes, so the runtime's threads get the CPUs to themselves."""
+
+    def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
+        with gate:
+            t0 = time.perf_counter()
+            out = denoiser(x, noise_level)
+            observe(int(x.shape[0]), time.perf_counter() - t0)
+        return out
+
+    return run
+
+
+def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, max_steps: int) -> list[bool]:
+    """Sample every job's tile into its slot; jobs with the same (steps, sampler) share one batched loop.
+    A job whose request has gone (its slot dropped, or its work cancelled) is skipped and answered False;
+    a group whose requests have all gone stops at its next step."""
+    slots = [STORE.get(job.ref) for job in jobs]
+    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for i, (job, slot) in enumerate(zip(jobs, slots)):
+        if slot is not None and slot.live:
+            groups[(min(job.steps, max_steps), job.sampler)].append(i)
+    ran = [False] * len(jobs)
+    for (steps, sampler), idx in groups.items():
+        group = [slots[i] for i in idx]
+        bic = np.stack([s.tile for s in group])
+        try:
+            sr = sample(_watched(denoiser, group), diffusion, bic, SamplerConfig(sampler, steps, eta),
+                        [jobs[i].seed for i in idx])
+        except Abandoned:
+            continue
+        for i, slot, tile in zip(idx, group, sr):
+            slot.result, ran[i] = tile, True
+    return ran
+
+
+def _watched(denoiser, group: list[Slot]):
+    """The denoiser, checking before each step that some request in the group is still waiting for it,
+    and counting each request's tile-steps as they run (its progress, for the admission estimate)."""
+    per_work: dict[int, tuple[Work, int]] = {}
+    for slot in group:
+        if slot.work is not None:
+            w, n = per_work.get(id(slot.work), (slot.work, 0))
+            per_work[id(slot.work)] = (w, n + 1)
+    tracked = len(per_work) == len({id(s.work) for s in group})  # every tile belongs to some request
+
+    def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
+        if tracked and all(w.cancelled for w, _ in per_work.values()):
+            raise Abandoned
+        out = denoiser(x, noise_level)
+        for w, n in per_work.values():
+            w.done += n
+        return out
+
+    return run

@@ -1,0 +1,1 @@
+"""The srnas command and the orchestration across stages: pipeline, its report, ablation, comparison, deploy."""
