@@ -11,11 +11,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The serving set only (no torch): what `make demo` and `make serve` need.
 install: $(BIN)/python
 	$(PIP) -e .
 
+# Search, training, export and the tests.
 install-test: $(BIN)/python
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[train,test]"
 
 # Main job: import the shipped default model into the BentoML model store, start `bentoml serve` on
 # 127.0.0.1, wait for /readyz, POST the bundled sample to /upscale, save upscaled.png, stop the server.

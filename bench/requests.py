@@ -4,11 +4,14 @@ server's overhead beyond the network, and throughput with many clients against o
     python -m bench.requests [--model DIR] [--requests 40] [--clients 16] [--concurrent 640] [--repeats 3]
         [--out bench/results/requests.json]
     python -m bench.requests --versus SRNAS_SOLO_DIRECT=0 [--rounds 8] [--out bench/results/requests-versus.json]
+    python -m bench.requests --versus-checkout ../old [--versus SRNAS_VAR=VALUE] [--rounds 8] [--clients 16]
 
 The server takes its settings from the environment as usual (e.g. SRNAS_WORKERS=2 SRNAS_THREADS=1).
 `--versus VAR=VALUE[,VAR=VALUE]` starts a second server with those settings beside the first and sends
 one client's sequential requests to both in alternating blocks, so that the machine's drift (a noisy
-2-core VM) falls on both alike: the two overheads are a paired comparison from one run.
+2-core VM) falls on both alike: the two overheads are a paired comparison from one run. With
+`--versus-checkout DIR` the second server runs another checkout's code (an older commit, say), and the
+16-client throughput is compared too, in alternating rounds.
 
 Overhead = median request latency (one client, sequential) - steps x mean observed step latency at
 batch 1 (from the server's own sr_denoise_step_seconds histogram over the same requests). The server-side
@@ -160,15 +163,32 @@ def settings(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def versus(model: str | None, other: dict[str, str], rounds: int, block: int) -> dict:
-    """Paired one-client figures: this environment's server against one with `other` settings."""
+def versus(model: str | None, other: dict[str, str], rounds: int, block: int, checkout: Path | None = None,
+           clients: int = 16) -> dict:
+    """Paired one-client figures: this environment's server against one with `other` settings (or another
+    checkout's code); with another checkout, also `clients`-client throughput in alternating rounds."""
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        servers = [stack.enter_context(serve(Path(tmp) / name, extra_env=env, model_dir=model))
-                   for name, env in (("a", {}), ("b", other))]
-        a, b = paired([s.url for s in servers], rounds, block)
-    return {"input": "64x64", "rounds": rounds, "block": block, "this": a, "versus": {"settings": other, **b},
+        servers = [stack.enter_context(serve(Path(tmp) / name, extra_env=env, model_dir=model, checkout=code))
+                   for name, env, code in (("a", {}, None), ("b", other, checkout))]
+        urls = [s.url for s in servers]
+        a, b = paired(urls, rounds, block)
+        throughput = paired_throughput(urls, clients, max(2, rounds // 2)) if checkout else None
+    return {"input": "64x64", "rounds": rounds, "block": block, "this": a,
+            "versus": {"settings": other, "checkout": str(checkout) if checkout else None, **b},
             "overhead_difference_s": b["overhead_s"] - a["overhead_s"],
-            "server_overhead_difference_s": b["server_overhead_s"] - a["server_overhead_s"]}
+            "server_overhead_difference_s": b["server_overhead_s"] - a["server_overhead_s"],
+            **({"throughput": throughput} if throughput else {})}
+
+
+def paired_throughput(urls: list[str], clients: int, rounds: int) -> dict:
+    """Images per second with `clients` concurrent clients (40 requests each), the servers in turn."""
+    images = [png(64, i) for i in range(40)]
+    many = [images[i % len(images)] for i in range(40 * clients)]
+    per = [[concurrent_load(url, many, clients)["concurrent_images_per_s"] for url in urls] for _ in range(rounds)]
+    this, other = ([r[i] for r in per] for i in range(2))
+    return {"clients": clients, "rounds": rounds, "this_images_per_s": statistics.median(this),
+            "versus_images_per_s": statistics.median(other),
+            "ratio_this_over_versus": statistics.median(t / o for t, o in zip(this, other))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,18 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--out", help="default: bench/results/requests.json, or requests-versus.json with --versus")
     p.add_argument("--versus", metavar="VAR=VALUE[,VAR=VALUE]", help="paired comparison with a second server")
+    p.add_argument("--versus-checkout", type=Path, metavar="DIR",
+                   help="the second server runs this checkout's code (e.g. `git worktree add ../old COMMIT`)")
     p.add_argument("--rounds", type=int, default=8, help="--versus: alternating blocks per server")
     p.add_argument("--concurrent", type=int, help="requests in each concurrent phase (default: 40 per client)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of (sequential, concurrent); medians are reported")
     args = p.parse_args(argv)
     if min(args.requests, args.clients, args.rounds, args.repeats, 1 if args.concurrent is None else args.concurrent) < 1:
         p.error("--requests, --clients, --rounds, --repeats and --concurrent must be >= 1")
-    if args.versus is not None:
+    if args.versus_checkout is not None and not (args.versus_checkout / "serving" / "service.py").is_file():
+        p.error(f"--versus-checkout {args.versus_checkout}: not a checkout of this project")
+    if args.versus is not None or args.versus_checkout is not None:
         try:
-            other = settings(args.versus)
+            other = settings(args.versus) if args.versus else {}
         except ValueError as exc:
             p.error(str(exc))
-        return write(versus(args.model, other, args.rounds, args.requests),
+        return write(versus(args.model, other, args.rounds, args.requests, args.versus_checkout, args.clients),
                      args.out or "bench/results/requests-versus.json")
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), model_dir=args.model) as server:
         report = measure(server.url, args.requests, args.clients, concurrent=args.concurrent, repeats=args.repeats)

@@ -51,11 +51,12 @@ def prepare_store(env: dict, model_dir: Path | None = None) -> dict:
 
 @contextmanager
 def serve(workdir: Path, extra_env: dict | None = None, ready_timeout_s: float = 300,
-          model_dir: Path | None = None):
-    """`bentoml serve` on a free loopback port with its own model store; stopped on exit."""
+          model_dir: Path | None = None, checkout: Path | None = None):
+    """`bentoml serve` (of this checkout, or `checkout`) on a free loopback port with its own model store;
+    stopped on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     env = {"BENTOML_HOME": os.environ.get("BENTOML_HOME") or tempfile.mkdtemp(prefix="bentoml-"),
            "BENTOML_DO_NOT_TRACK": "True", **(extra_env or {})}
     env.update(prepare_store({**os.environ, **env}, model_dir))
-    with serving(env, log=workdir / "server.log", ready_timeout=ready_timeout_s) as server:
+    with serving(env, log=workdir / "server.log", ready_timeout=ready_timeout_s, checkout=checkout) as server:
         yield server

@@ -41,12 +41,16 @@ def bentoml_cmd() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "bentoml"]
 
 
-def start(env: dict[str, str] | None = None, log: Path | None = None, port: int | None = None) -> Server:
+def start(env: dict[str, str] | None = None, log: Path | None = None, port: int | None = None,
+          checkout: Path | None = None) -> Server:
+    """`bentoml serve` of this checkout (or another one, e.g. an older commit, for paired comparisons)."""
     port = port or free_port()
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"srnas-serve-{port}.log"
     out = open(log, "wb")
-    proc = subprocess.Popen([*bentoml_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+    root = Path(checkout or ROOT)
+    paths = {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    proc = subprocess.Popen([*bentoml_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=root,
+                            env={**os.environ, **paths, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own process group: stopped as one below
     out.close()
     return Server(proc, f"http://127.0.0.1:{port}", log)
@@ -79,8 +83,9 @@ def stop(server: Server, timeout: float = 60) -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str] | None = None, log: Path | None = None, ready_timeout: float = 180) -> Iterator[Server]:
-    server = start(env, log)
+def serving(env: dict[str, str] | None = None, log: Path | None = None, ready_timeout: float = 180,
+            checkout: Path | None = None) -> Iterator[Server]:
+    server = start(env, log, checkout=checkout)
     try:
         wait_ready(server, ready_timeout)
         yield server

@@ -113,12 +113,18 @@ def test_probes_resources_and_threads(overlay):
     assert set(env(overlay)[fixed]) == {"name", "value"} and env(overlay)[fixed]["value"] == "1"
 
 
-def test_gpu_overlay_selects_tensorrt_on_gpu_nodes():
+def test_gpu_overlay_runs_onnxruntime_on_the_gpu_with_an_engine_cache_volume():
+    """ONNX Runtime's TensorRT/CUDA providers (SRNAS_DEVICE=cuda), engines cached on a mounted volume, so that
+    the first start builds them as the startup probe allows for; on GPU nodes only."""
     gpu, cpu = container("gpu"), container("cpu")
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"]
-    assert env("gpu")["SRNAS_BACKEND"]["value"] == "tensorrt"
-    assert env("cpu")["SRNAS_BACKEND"]["value"] == "onnxruntime"
+    assert env("gpu")["SRNAS_BACKEND"]["value"] == "onnxruntime" and env("gpu")["SRNAS_DEVICE"]["value"] == "cuda"
+    assert env("cpu")["SRNAS_BACKEND"]["value"] == "onnxruntime" and "SRNAS_DEVICE" not in env("cpu")
+    cache = env("gpu")["SRNAS_TRT_CACHE"]["value"]
+    mount = next(m for m in gpu["volumeMounts"] if m["mountPath"] == cache)
+    volumes = {v["name"]: v for v in one("gpu", "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes[mount["name"]] and gpu["securityContext"]["readOnlyRootFilesystem"]
     pod = one("gpu", "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert "nodeSelector" not in one("cpu", "Deployment")["spec"]["template"]["spec"]
