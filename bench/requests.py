@@ -172,7 +172,7 @@ def versus(model: str | None, other: dict[str, str], rounds: int, block: int, ch
                    for name, env, code in (("a", {}, None), ("b", other, checkout))]
         urls = [s.url for s in servers]
         a, b = paired(urls, rounds, block)
-        throughput = paired_throughput(urls, clients, max(2, rounds // 2)) if checkout else None
+        throughput = paired_throughput(urls, clients, max(2, rounds // 2), block) if checkout else None
     return {"input": "64x64", "rounds": rounds, "block": block, "this": a,
             "versus": {"settings": other, "checkout": str(checkout) if checkout else None, **b},
             "overhead_difference_s": b["overhead_s"] - a["overhead_s"],
@@ -180,10 +180,10 @@ def versus(model: str | None, other: dict[str, str], rounds: int, block: int, ch
             **({"throughput": throughput} if throughput else {})}
 
 
-def paired_throughput(urls: list[str], clients: int, rounds: int) -> dict:
-    """Images per second with `clients` concurrent clients (40 requests each), the servers in turn."""
-    images = [png(64, i) for i in range(40)]
-    many = [images[i % len(images)] for i in range(40 * clients)]
+def paired_throughput(urls: list[str], clients: int, rounds: int, per_client: int) -> dict:
+    """Images per second with `clients` concurrent clients (`per_client` requests each), the servers in turn."""
+    images = [png(64, i) for i in range(per_client)]
+    many = [images[i % len(images)] for i in range(per_client * clients)]
     per = [[concurrent_load(url, many, clients)["concurrent_images_per_s"] for url in urls] for _ in range(rounds)]
     this, other = ([r[i] for r in per] for i in range(2))
     return {"clients": clients, "rounds": rounds, "this_images_per_s": statistics.median(this),

@@ -42,14 +42,16 @@ def bentoml_cmd() -> list[str]:
 
 
 def start(env: dict[str, str] | None = None, log: Path | None = None, port: int | None = None,
-          checkout: Path | None = None) -> Server:
-    """`bentoml serve` of this checkout (or another one, e.g. an older commit, for paired comparisons)."""
+          checkout: Path | None = None, bentoml: Path | None = None) -> Server:
+    """`bentoml serve` of this checkout (or another one, e.g. an older commit, for paired comparisons), by this
+    environment's BentoML or `bentoml` (another virtual environment's)."""
     port = port or free_port()
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"srnas-serve-{port}.log"
     out = open(log, "wb")
     root = Path(checkout or ROOT)
     paths = {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    proc = subprocess.Popen([*bentoml_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=root,
+    cmd = [str(bentoml)] if bentoml else bentoml_cmd()
+    proc = subprocess.Popen([*cmd, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=root,
                             env={**os.environ, **paths, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own process group: stopped as one below
     out.close()
@@ -84,8 +86,8 @@ def stop(server: Server, timeout: float = 60) -> int:
 
 @contextmanager
 def serving(env: dict[str, str] | None = None, log: Path | None = None, ready_timeout: float = 180,
-            checkout: Path | None = None) -> Iterator[Server]:
-    server = start(env, log, checkout=checkout)
+            checkout: Path | None = None, bentoml: Path | None = None) -> Iterator[Server]:
+    server = start(env, log, checkout=checkout, bentoml=bentoml)
     try:
         wait_ready(server, ready_timeout)
         yield server
