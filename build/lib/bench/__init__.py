@@ -1,1 +1,0 @@
-"""Benchmarks: speed goals live here, never in timed unit tests."""

@@ -1,1 +1,0 @@
-"""The srnas command and the orchestration across stages: pipeline, its report, ablation, comparison, deploy."""
