@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--versus-checkout {args.versus_checkout}: not a checkout of this project")
     if args.versus is not None or args.versus_checkout is not None:
         try:
-            other = settings(args.versus) if args.versus else {}
+            other = settings(args.versus) if args.versus is not None else {}
         except ValueError as exc:
             p.error(str(exc))
         return write(versus(args.model, other, args.rounds, args.requests, args.versus_checkout, args.clients),

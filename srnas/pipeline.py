@@ -24,7 +24,7 @@ QUICK = {
                "--score-crops", "1"],
     "evaluate": ["--crops", "1"],
     "compare": ["--reps", "2", "--crops", "1"],
-    "bench": ["--batches", "1", "--reps", "2", "--backends", "onnxruntime-fp32,torch"],
+    "bench": ["--batches", "1", "--reps", "2", "--backends", "onnxruntime-fp32"],
 }
 
 

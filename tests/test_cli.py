@@ -103,11 +103,28 @@ def _bad_cases(tmp_path, photo):
     }
 
 
-def test_bad_input_exits_2_with_a_message(run_srnas, tmp_path, photo):
+def test_bad_input_exits_2_with_a_message(tmp_path, photo, capsys):
+    """Every case through the CLI's own entry point, in this process (a process per case spent a minute on
+    imports): exit 2 and the message, never an exception."""
+    from srnas.cli import main
+
     for name, (args, message) in _bad_cases(tmp_path, photo).items():
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2, (name, code, err)
+        assert message in err, (name, err)
+
+
+def test_the_installed_command_exits_2_without_a_traceback(run_srnas, tmp_path, photo):
+    """The console script end to end, for one CLI error and one argparse error."""
+    cases = _bad_cases(tmp_path, photo)
+    for name in ("missing file", "non-integer steps"):
+        args, message = cases[name]
         proc = run_srnas(*args)
-        assert proc.returncode == 2, (name, proc.returncode, proc.stderr)
-        assert message in proc.stderr, (name, proc.stderr)
+        assert proc.returncode == 2 and message in proc.stderr, (name, proc.stderr)
         _no_traceback(proc)
 
 

@@ -65,7 +65,7 @@ def test_search_finetune_info_cli(run_srnas, tmp_path):
     run = tmp_path / "search"
     proc = run_srnas("search", "--config", cfg, "--iters", "3", "--batch", "1", "--patch", "32", "--warmup-alpha",
                      "1", "--relax", "gumbel", "--cost", "flops", "--loss-form", "budget", "--target-flops", "1e8", "--lambda-budget", "0.5",
-                     "--out", run, "--no-progress", "--prediction", "v", "--target", "residual")
+                     "--out", run, "--no-progress", "--prediction", "v", "--target", "residual", "--score-crops", "1")
     assert proc.returncode == 0, proc.stderr
     record = json.loads((run / "arch.json").read_text())
     assert record["predicted"]["flops_per_step"] > 0 and len(record["choices"]) > 20

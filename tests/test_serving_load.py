@@ -181,7 +181,7 @@ def test_request_benchmark_measures_latency_overhead_and_throughput(server):
 
 def test_paired_benchmark_alternates_servers(server, capsys):
     """--versus's paired mode: every figure from real requests, one set per server; bad settings exit 2."""
-    from bench.requests import main, paired
+    from bench.requests import main, paired, paired_throughput
 
     (one,) = paired([server.url], rounds=2, block=3)
     assert 0 < one["mean_step_s_batch1"] < one["p50_s"] <= one["p95_s"]
@@ -198,3 +198,16 @@ def test_paired_benchmark_alternates_servers(server, capsys):
             main(bad)
         assert exc.value.code == 2
     assert "must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # another checkout that is not one of this project
+        main(["--versus-checkout", "/tmp"])
+    assert exc.value.code == 2 and "not a checkout of this project" in capsys.readouterr().err
+    throughput = paired_throughput([server.url, server.url], clients=2, rounds=2, per_client=2)
+    assert throughput["rounds"] == 2 and throughput["this_images_per_s"] > 0 < throughput["versus_images_per_s"]
+
+
+def test_footprint_refuses_a_folder_without_bentoml(tmp_path, capsys):
+    from bench.footprint import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--venv", str(tmp_path)])
+    assert exc.value.code == 2 and "no bin/bentoml there" in capsys.readouterr().err
