@@ -31,8 +31,11 @@ serve: install
 	$(BIN)/srnas store-import
 	$(BIN)/bentoml serve --host 127.0.0.1 --port $(PORT)
 
+# Two passes: the unit and CLI tests on both CPUs (pytest-xdist), then the tests marked slow (real servers
+# under load, with their own timing-sensitive checks) alone, so that they never share the CPUs.
 test: install-test
-	$(BIN)/python -m pytest -q -rs --durations=10
+	$(BIN)/python -m pytest -q -rs --durations=10 -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -rs --durations=10 -m slow
 
 # Locust against a freshly started `bentoml serve` (SHAPE = ramp | soak | spike | smoke | observe from
 # loadtest/config.yaml); CSV, HTML and summary.json in $(LOAD_OUT), non-zero exit on an SLO breach.
