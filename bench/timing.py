@@ -2,7 +2,7 @@
 
 Each (model, backend) is timed in a fresh subprocess: torch's OpenMP workers keep spinning after
 torch work and would slow ONNX Runtime in the same process by 20-45%, and ORT thread pools of
-several sessions would compete. The method is the one `srnas profile --check` uses: random input
+several runtime sessions would compete. The method is the one `srnas profile --check` uses: random input
 at noise level 0.5, `median_seconds` after warm-up, the serving thread settings.
 
     python -m bench.timing '{"model": DIR, "backend": "onnxruntime-fp32", "batches": [1, 8], ...}'

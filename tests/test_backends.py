@@ -1,4 +1,4 @@
-"""Issue 4: GroupNormalization export, int8 variant, backend factory, deploy record, TensorRT, bench."""
+"""GroupNormalization export, int8 variant, backend factory, deploy record, TensorRT, bench."""
 import json
 import shutil
 from collections import Counter

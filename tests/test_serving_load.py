@@ -77,7 +77,7 @@ def run_load(server, jobs: list[tuple[bytes, dict]], concurrency: int) -> list[t
 # a larger host can raise it.
 LOAD_CONCURRENCY = int(os.environ.get("SRNAS_TEST_CONCURRENCY", "1"))
 # Many steps per request: while one batch's network calls run, other requests' tiles reach the queue between
-# its steps and the dispatcher merges them. On session 11's AMD host (3.8 ms steps) 1-3 steps gave 3 merged
+# its steps and the dispatcher merges them. On the 2-core AMD EPYC host of the shipped table (3.8 ms steps) 1-3 steps gave 3 merged
 # batches per run and one CI run saw none; 8-16 steps gave 7-9.
 MIXED = [{"steps": 8}, {"steps": 16, "sampler": "ddpm"}, {"steps": 12, "sampler": "ddim"}, {"steps": 16}]
 
@@ -135,7 +135,7 @@ def test_observed_step_latency_matches_prediction(server):
 
     The prediction is the search-time lookup table's, measured on an idle 2-core host; the network timed
     alone here first tells whether this host is comparable (else the comparison says nothing: skip). That
-    gate is wider than the goal: on the table's own host the network alone ran at 0.80-0.88x (session 11),
+    gate is wider than the goal: on the table's own host the network alone ran at 0.80-0.88x (AMD EPYC, 2 cores),
     while another host or a busy one is off by 2-3x (the Intel table on the AMD host: 0.33x)."""
     info = httpx.get(server.url + "/info").json()
     assert info["predicted_step_seconds"], "the served model has no search-time prediction (deploy.json)"
