@@ -180,19 +180,35 @@ class CropSampler:
         self.rng.bit_generator.state = state
 
 
+FLAT_STD = 0.02  # HR crops flatter than about 2.5/255 (a retina photo's black corners) say nothing about SR
+
+
+def _grid(h: int, w: int, size: int, side: int) -> list[tuple[int, int]]:
+    ys = np.linspace(0, h - size, side).astype(int) // 2 * 2
+    xs = np.linspace(0, w - size, side).astype(int) // 2 * 2
+    return [(int(y), int(x)) for y in ys for x in xs]
+
+
 def eval_crops(pairs: list[Pair], size: int = 128, per_image: int = 4) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """Fixed crops spread evenly over each image: (name, lr, bicubic, hr)."""
+    """Fixed crops spread evenly over each image: (name, lr, bicubic, hr).
+
+    Flat crops are left out, because bicubic reproduces them exactly and their PSNR is infinite; an image with
+    flat regions draws its remaining crops from ever finer grids, so it still gives `per_image` crops."""
     out = []
     for p in pairs:
         h, w = p.hr.shape[1:]
         if min(h, w) < size:
             continue
-        side = int(np.ceil(np.sqrt(per_image)))
-        ys = np.linspace(0, h - size, side).astype(int) // 2 * 2
-        xs = np.linspace(0, w - size, side).astype(int) // 2 * 2
-        cells = [(y, x) for y in ys for x in xs][:per_image]
-        for i, (y, x) in enumerate(cells):
-            out.append((f"{p.name}#{i}", *crop(p, int(y), int(x), size)))
+        side, seen, kept = int(np.ceil(np.sqrt(per_image))), set(), []
+        while len(kept) < per_image and side <= 4 * per_image:
+            for y, x in _grid(h, w, size, side):
+                if len(kept) < per_image and (y, x) not in seen:
+                    seen.add((y, x))
+                    c = crop(p, y, x, size)
+                    if c[2].std() >= FLAT_STD:
+                        kept.append(c)
+            side += 1
+        out += [(f"{p.name}#{i}", *c) for i, c in enumerate(kept)]
     return out
 
 

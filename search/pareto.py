@@ -239,6 +239,26 @@ class Study:
         self._save(f"Pareto study: floor re-timed at {new:.2f} ms/step (figures x{scale:.3f})")
         return new
 
+    def rescore(self) -> int:
+        """Score every finished point again on both splits (after a change to the scoring crops), from its run
+        folder, and keep the best seed of each group by the new val figures. Returns the number rescored."""
+        dirs = {p["name"]: self.out / p["name"] / "train" / "model" for p in self.state["points"]}
+        missing = sorted(n for n, d in dirs.items() if not (d / "config.json").is_file())
+        if missing:
+            raise UserError(f"{self.out}: no model folder for {', '.join(missing)}; rescore needs the study's "
+                            "run folder (--out) with every finished point")
+        rows, self.state["points"] = self.state["points"], []
+        for row in tqdm(rows, desc="rescore", unit="point"):
+            val = score(dirs[row["name"]], self.cfg.data, "val", self.cfg.val_crops)
+            test = score(dirs[row["name"]], self.cfg.data, "test", self.cfg.test_crops)
+            row.update(psnr_val=val["psnr_y"], val_crops=val["crops"], psnr_test=test["psnr_y"],
+                       ssim_test=test["ssim_y"], test_crops=test["crops"], bicubic_psnr_test=test["bicubic_psnr_y"],
+                       model=None, _model_dir=str(dirs[row["name"]]))
+            self._keep_best(row)
+            self.state["points"].append(row)
+        self._save(f"Pareto study: {len(rows)} points rescored on the current val and test crops")
+        return len(rows)
+
     def target_ms(self, t: float) -> float:
         return self.state["targets"][f"{t:g}"]
 

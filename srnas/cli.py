@@ -694,6 +694,8 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="rewrite the plot and the report from pareto.json")
     p.add_argument("--retime-floor", action="store_true", help="time the floor again (on a quiet machine) and rescale "
                                                                "every figure, then rewrite the report")
+    p.add_argument("--rescore", action="store_true", help="score every finished point again from the run folder "
+                                                          "(after a change to the scoring crops), then rewrite the report")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in a few minutes")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pareto)
@@ -713,7 +715,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     study = pareto.Study(cfg, out, results, commit=args.commit)
     if args.retime_floor:
         print(f"floor: {study.retime_floor():.2f} ms/step")
-    done = args.report_only or args.retime_floor
+    if args.rescore:
+        print(f"{study.rescore()} points rescored")
+    done = args.report_only or args.retime_floor or args.rescore
     state = study.state if done else study.run(progress=not args.no_progress)
     figure = pareto_report.plot(state, results / "pareto.png")
     rel = os.path.relpath(figure, markdown.parent) if figure else None

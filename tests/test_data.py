@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from models.imaging import bicubic_down, bicubic_up, to_float, to_rgb, to_uint8
-from search.data import (BUILTIN_TEST, BUILTIN_TRAIN, BUILTIN_VAL, SPLITS, CropSampler, DataError, builtin_pairs, crop, eval_crops,
-                         folder_pairs, load_pairs, load_rgb)
+from search.data import (BUILTIN_TEST, BUILTIN_TRAIN, BUILTIN_VAL, FLAT_STD, SPLITS, CropSampler, DataError, Pair, builtin_pairs,
+                         crop, eval_crops, folder_pairs, load_pairs, load_rgb)
 from tests.conftest import rgb
 
 
@@ -112,3 +112,13 @@ def test_eval_crops_are_fixed():
     n = 4 * len(BUILTIN_VAL)
     assert len(a) == n and all(np.array_equal(x[3], y[3]) for x, y in zip(a, b))
     assert len({x[0] for x in a}) == n
+
+
+def test_eval_crops_leave_out_flat_regions():
+    # The retina photo's black corners are reproduced exactly by bicubic: a crop there scores infinite PSNR.
+    crops = eval_crops(builtin_pairs("val"), per_image=8)
+    assert len(crops) == 8 * len(BUILTIN_VAL)
+    assert all(hr.std() >= FLAT_STD for *_, hr in crops)
+    assert all(float(((bic - hr) ** 2).mean()) > 0 for _, _, bic, hr in crops)
+    flat = Pair("flat", np.zeros((3, 128, 128), np.float32), np.zeros((3, 64, 64), np.float32))
+    assert eval_crops([flat], per_image=4) == []

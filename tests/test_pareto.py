@@ -99,7 +99,12 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     assert searched["gap_db"] is not None and searched["search_equivalent_iters"] >= 1
     assert all((results / p["model"] / "config.json").is_file() for p in state["points"] if p["model"])
     assert (results / "pareto.png").stat().st_size > 10_000 and pareto_report.START in (out / "report.md").read_text()
+    rescored = run_srnas(*args, "--rescore")  # the same crops score the same: the figures and kept models hold
+    assert rescored.returncode == 0, rescored.stderr[-2000:]
+    assert json.loads((results / "pareto.json").read_text())["points"] == state["points"]
     shutil.rmtree(out)  # the run folder is gone (a reset machine): the results folder alone resumes
+    lost = run_srnas(*args, "--rescore")
+    assert lost.returncode == 2 and "no model folder for floor-s0" in lost.stderr
     again = run_srnas(*args)
     assert again.returncode == 0 and json.loads((results / "pareto.json").read_text()) == state
     other = run_srnas("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "3")
