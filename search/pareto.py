@@ -18,13 +18,15 @@ training runs in progress resume from their checkpoints in the run folder.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -128,8 +130,10 @@ def plan(cfg: StudyConfig) -> list[Point]:
 class Study:
     """One results folder and one run folder; `run` trains and scores every missing point."""
 
-    def __init__(self, cfg: StudyConfig, out: str | Path, results: str | Path, commit: bool = False):
+    def __init__(self, cfg: StudyConfig, out: str | Path, results: str | Path, commit: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
         self.cfg, self.out, self.results, self.commit = cfg, Path(out), Path(results), commit
+        self.shard = shard  # (k, n): this process runs every n-th point of the plan, starting at the k-th
         self.table = _load_table(cfg)
         base = self.train_cfg().unet_config()
         self.supernet = UNet(space_config(base, make_space(cfg.space, base)))
@@ -192,22 +196,41 @@ class Study:
     def run(self, progress: bool = True) -> dict[str, Any]:
         from export.runtime import host_id
 
-        self._floor()
+        with self.locked():
+            self._floor()
         self.state["host"] = host_id().split("|", 1)[-1]
-        todo = [p for p in plan(self.cfg) if p.name not in self.done()]
+        k, n = self.shard
+        todo = [p for i, p in enumerate(plan(self.cfg)) if i % n == k and p.name not in self.done()]
         bar = tqdm(todo, disable=not progress, desc="pareto", unit="point")
         for point in bar:
             bar.set_postfix_str(point.name)
             t0 = time.perf_counter()
             row = self.run_point(point)
             row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            self._keep_best(row)
-            self.state["points"].append(row)
             line = (f"{point.name}: test PSNR(Y) {row['psnr_test']:.3f} dB, {row['measured_ms']:.2f} ms/step "
                     f"({row['ratio_to_floor']:.2f}x the floor) on {self.state['host']}, {row['wall_seconds']:.0f} s")
+            with self.locked():
+                self._keep_best(row)
+                self.state["points"].append(row)
+                self._save(f"Pareto study: {line}")
             bar.write(line)
-            self._save(f"Pareto study: {line}")
         return self.state
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the study's lock and see what other worker processes have saved meanwhile: points, sizings and the
+        floor come from the results folder, so that no worker overwrites another's rows or commits."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / ".pareto.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self.state_path.is_file():
+                    disk = read_json(self.state_path)
+                    sizes = {**self.state.get("sizes", {}), **disk.get("sizes", {})}
+                    self.state.update({k: disk[k] for k in ("points", "floor", "targets") if k in disk}, sizes=sizes)
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _floor(self) -> None:
         arch = baselines.floor_arch(self.table, self.supernet)
@@ -292,10 +315,12 @@ class Study:
 
     def _narrowed(self, p: Point):
         key = f"narrowed@{p.target:g}"
-        sizes = self.state.setdefault("sizes", {})
-        if key not in sizes:
-            cfg, ms = baselines.narrowed_config(self.train_cfg().unet_config(), self.target_ms(p.target), self.watch)
-            sizes[key] = {"base_channels": cfg.base_channels, "sizing_ms": ms}
+        with self.locked():
+            sizes = self.state.setdefault("sizes", {})
+            if key not in sizes:
+                cfg, ms = baselines.narrowed_config(self.train_cfg().unet_config(), self.target_ms(p.target), self.watch)
+                sizes[key] = {"base_channels": cfg.base_channels, "sizing_ms": ms}
+                self._save(f"Pareto study: base narrowed to {cfg.base_channels} channels for {p.target:g}x the floor")
         return dataclasses.replace(self.train_cfg().unet_config(), base_channels=sizes[key]["base_channels"])
 
     def _train(self, run: Path, seed: int, arch: dict[str, str], **changes: Any) -> Path:
@@ -330,10 +355,12 @@ class Study:
         from search.classic_train import ClassicConfig, ClassicTrainer
 
         key = f"classic@{p.target:g}"
-        sizes = self.state.setdefault("sizes", {})
-        if key not in sizes:
-            fcfg, ms = baselines.classic_config(self.target_ms(p.target), self.watch)
-            sizes[key] = {"fsrcnn": asdict(fcfg), "sizing_ms": ms}
+        with self.locked():
+            sizes = self.state.setdefault("sizes", {})
+            if key not in sizes:
+                fcfg, ms = baselines.classic_config(self.target_ms(p.target), self.watch)
+                sizes[key] = {"fsrcnn": asdict(fcfg), "sizing_ms": ms}
+                self._save(f"Pareto study: FSRCNN sized for {p.target:g}x the floor")
         raw = self.train_cfg(seed=p.seed).to_dict()
         raw.pop("diffusion")
         trainer = ClassicTrainer(ClassicConfig.from_dict({**raw, "fsrcnn": sizes[key]["fsrcnn"]}), run / "train")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -696,6 +697,9 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
                                                                "every figure, then rewrite the report")
     p.add_argument("--rescore", action="store_true", help="score every finished point again from the run folder "
                                                           "(after a change to the scoring crops), then rewrite the report")
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "
+                                                          "--threads torch threads; 2 workers x 1 thread suit 2 cores)")
+    p.add_argument("--shard", help=argparse.SUPPRESS)  # K/N: the worker's part of the plan (set by --workers)
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in a few minutes")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pareto)
@@ -709,21 +713,58 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     cfg = pareto.load_config(args.config, **{**(pareto.QUICK if args.quick else {}),
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
+    shard = _shard(args.shard)
+    if args.workers < 1 or (args.workers > 1 and (args.rescore or args.retime_floor or args.report_only)):
+        raise UserError("--workers takes a positive number, and more than 1 only to run the study")
     out = Path(args.out)
     results = Path(args.results or (out / "results" if args.quick else pareto.ROOT / "bench" / "results" / "pareto"))
     markdown = Path(args.markdown or (out / "report.md" if args.quick else pareto.ROOT / "BENCHMARKS.md"))
-    study = pareto.Study(cfg, out, results, commit=args.commit)
+    study = pareto.Study(cfg, out, results, commit=args.commit, shard=shard)
     if args.retime_floor:
         print(f"floor: {study.retime_floor():.2f} ms/step")
     if args.rescore:
         print(f"{study.rescore()} points rescored")
-    done = args.report_only or args.retime_floor or args.rescore
-    state = study.state if done else study.run(progress=not args.no_progress)
-    figure = pareto_report.plot(state, results / "pareto.png")
+    if args.workers > 1:
+        if _pareto_workers(args, results, markdown):
+            raise UserError("a worker process failed; rerun the same command to resume")
+        with study.locked():
+            pass  # read back what the workers saved
+    elif not (args.report_only or args.retime_floor or args.rescore):
+        study.run(progress=not args.no_progress)
+    if args.shard:
+        return 0  # the parent writes the report once every worker is done
+    figure = pareto_report.plot(study.state, results / "pareto.png")
     rel = os.path.relpath(figure, markdown.parent) if figure else None
-    pareto_report.write_section(markdown, pareto_report.markdown(state, rel, len(pareto.plan(cfg))))
-    print(f"{len(state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
+    pareto_report.write_section(markdown, pareto_report.markdown(study.state, rel, len(pareto.plan(cfg))))
+    print(f"{len(study.state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
     return 0
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise UserError(f"--shard takes K/N with 0 <= K < N (got {text!r})")
+    return int(k), int(n)
+
+
+def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> int:
+    """Run the plan in `args.workers` processes of this command, each with its part; return how many failed."""
+    same = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
+            if name in ("config", "out", "lut", "data", "threads") and value is not None]
+    same += [f"--relax={','.join(args.relax)}"] * bool(args.relax)
+    same += [f"--targets={','.join(f'{t:g}' for t in args.targets)}"] * bool(args.targets)
+    same += [f"--results={results}", f"--markdown={markdown}", "--no-progress"]
+    same += [flag for flag, on in (("--commit", args.commit), ("--quick", args.quick)) if on]
+    procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, f"--shard={k}/{args.workers}"])
+             for k in range(args.workers)]
+    try:
+        return sum(p.wait() != 0 for p in procs)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
 
 
 # ---- ablate --------------------------------------------------------------------------------

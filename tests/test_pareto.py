@@ -35,6 +35,8 @@ def test_plan_runs_every_kind_at_every_target_with_the_first_seed_first():
     (["--targets", "0.8,2"], "must be above 1"),
     (["--lut", "search/luts/none.json"], "no such latency table"),
     (["--lut", "search/luts/tiny-default-ort.json"], "timed with 2 runtime threads"),
+    (["--workers", "0"], "--workers takes a positive number"),
+    (["--workers", "2", "--rescore"], "more than 1 only to run the study"),
 ])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(run_srnas, tmp_path, args, message):
     results = tmp_path / "results"
@@ -82,9 +84,12 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
     args = ("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "2",
             "--relax", "gumbel-hard", "--no-progress")
-    r = run_srnas(*args)
+    r = run_srnas(*args, "--workers", "2")  # two worker processes share the plan and one results folder
     assert r.returncode == 0, r.stderr[-2000:]
     state = json.loads((results / "pareto.json").read_text())
+    names = [p["name"] for p in state["points"]]
+    assert sorted(names) == sorted(p.name for p in plan(pareto.load_config(
+        ROOT / "search/recipes/pareto-tiny.yaml", **{**pareto.QUICK, "targets": [2.0], "relaxations": ["gumbel-hard"]})))
     kinds = {p["kind"] for p in state["points"]}
     assert kinds == {"floor", "searched", "narrowed", "classic", "random"}
     assert set(state["split"]) == {"train", "alpha", "val", "test"}
