@@ -753,8 +753,8 @@ def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> 
     """Run the plan in `args.workers` processes of this command, each with its part; return how many failed."""
     same = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
             if name in ("config", "out", "lut", "data", "threads") and value is not None]
-    same += [f"--relax={','.join(args.relax)}"] * bool(args.relax)
-    same += [f"--targets={','.join(f'{t:g}' for t in args.targets)}"] * bool(args.targets)
+    same += [f"--relax={','.join(args.relax)}"] if args.relax else []
+    same += [f"--targets={','.join(f'{t:g}' for t in args.targets)}"] if args.targets else []
     same += [f"--results={results}", f"--markdown={markdown}", "--no-progress"]
     same += [flag for flag, on in (("--commit", args.commit), ("--quick", args.quick)) if on]
     procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, f"--shard={k}/{args.workers}"])
