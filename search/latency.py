@@ -137,6 +137,30 @@ class LatencyTable:
             return a * raw + b
         return raw
 
+    def parts(self, arch: dict[str, str], batch: int = 1) -> dict[str, float]:
+        """The uncorrected prediction split by candidate (summed over slots) plus the fixed rest: what a
+        calibration scales part by part."""
+        from export.calibration import REST
+
+        ctx = context_like(arch, next(iter(self.contexts)))
+        out = {REST: self.fixed[batch][ctx]}
+        for slot in self.contexts[ctx]:
+            out[arch[slot]] = out.get(arch[slot], 0.0) + self.seconds(slot, arch[slot], batch, ctx)
+        return out
+
+    def calibrated(self, cal, meta: dict[str, Any]) -> "LatencyTable":  # cal: export.calibration.Calibration
+        """This table mapped onto another host: every entry and rest scaled by the calibration; no correction
+        (a correction was fitted against the source host's measurements)."""
+        from export.calibration import REST
+
+        missing = sorted(set(self.fixed) - set(cal.scales))
+        if missing:
+            raise ValueError(f"the calibration has no batch {missing}")
+        entries = [{**e, "median_s": e["median_s"] * cal.scale(e["batch"], e["candidate"]), "host": meta["host"]}
+                   for e in self.entries]
+        fixed = {b: {ctx: s * cal.scale(b, REST) for ctx, s in per.items()} for b, per in self.fixed.items()}
+        return LatencyTable({**self.meta, **meta}, entries, self.contexts, fixed)
+
     def fastest(self, batch: int = 1) -> dict[str, str]:
         """The arch the table predicts fastest: the best width context with its fastest candidates."""
         best: tuple[float, dict[str, str]] | None = None
@@ -252,12 +276,8 @@ def check(table: LatencyTable, supernet: UNet, cfg: ProfileConfig, n: int = 20, 
     """Time `n` random subnets plus the base and the predicted-fastest end to end; MAPE of the table raw
     and with a leave-one-out linear fit."""
     timer = make_timer(cfg)
-    rng = torch.Generator().manual_seed(cfg.seed + 1000)
     report: dict[str, Any] = {"backend": cfg.backend, "subnets": n, "batches": {}}
-    for batch in cfg.batches:
-        named = {"base": base_arch(supernet), "fastest": {**derive_arch(supernet), **table.fastest(batch)}}
-        archs = [(k, a) for k, a in named.items() if a is not None] + [
-            (f"random{i}", random_arch(supernet, rng)) for i in range(n)]
+    for batch, archs in check_archs(table, supernet, cfg.batches, n, cfg.seed).items():
         pred, meas = [], []
         for _, arch in tqdm(archs, disable=not progress, desc=f"check batch {batch}"):
             pred.append(table.predict(arch, batch, corrected=False))
@@ -277,6 +297,19 @@ def check(table: LatencyTable, supernet: UNet, cfg: ProfileConfig, n: int = 20, 
             "subnets": [{"name": name, "predicted_s": pp, "measured_s": mm}
                         for (name, _), pp, mm in zip(archs, pred, meas)]}
     return report
+
+
+def check_archs(table: LatencyTable, supernet: UNet, batches: list[int], n: int, seed: int = 0
+                ) -> dict[int, list[tuple[str, dict[str, str]]]]:
+    """The networks `check` times at each batch: the base, the table's fastest, and `n` random subnets (the same
+    ones for the same table, seed and batches, so that a stored check can be scored again by another predictor)."""
+    rng = torch.Generator().manual_seed(seed + 1000)
+    out = {}
+    for batch in batches:
+        named = {"base": base_arch(supernet), "fastest": {**derive_arch(supernet), **table.fastest(batch)}}
+        out[batch] = [(k, a) for k, a in named.items() if a is not None] + [
+            (f"random{i}", random_arch(supernet, rng)) for i in range(n)]
+    return out
 
 
 def _mape(pred: np.ndarray, meas: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from models.errors import UserError
 
 SERVICE_NAME = "srnas"
 DEFAULT_MODEL_TAG = "srnas-default"
+PREDICTIONS = ("auto", "table", "calibrated")
 
 
 def _env(name: str, default: Any) -> Any:
@@ -65,6 +66,11 @@ class ServeConfig:
     timeout_s: int = 300
     upload_timeout_s: float = 30.0  # a request body not complete by then gets 408 (slow uploads)
     warmup_runs: int = 2  # network calls at start-up, before /readyz turns true
+    # the per-step latency prediction published beside what is observed: "table" (the search's lookup table),
+    # "calibrated" (that table mapped onto this host by timing the model folder's reference blocks at start-up),
+    # "auto" (the table where it was timed on this host and the warm-up agrees with it, else calibrated)
+    prediction: str = "auto"
+    calibration_timeout_s: float = 60.0  # past this the server serves without a prediction
     overlap: int = 16  # HR px shared by neighbouring tiles
     dispatch_poll_ms: float = 1.0  # how often BentoML's batch dispatcher polls while a batch runs
     cpu_gate: int = 1  # 1: image decoding/encoding never overlaps a network call (no CPU contention)
@@ -106,6 +112,10 @@ class ServeConfig:
             raise UserError("SRNAS_DEADLINE_S must be > 0 and at most SRNAS_TIMEOUT_S")
         if self.upload_timeout_s <= 0:
             raise UserError("SRNAS_UPLOAD_TIMEOUT_S must be > 0")
+        if self.prediction not in PREDICTIONS:
+            raise UserError(f"SRNAS_PREDICTION must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.calibration_timeout_s <= 0:
+            raise UserError("SRNAS_CALIBRATION_TIMEOUT_S must be > 0")
         if not 0 < self.admit_headroom <= 1:
             raise UserError("SRNAS_ADMIT_HEADROOM must be in (0, 1]")
         for name in ("max_batch_size", "max_inflight_requests", "max_inflight_tiles",

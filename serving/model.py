@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
-from export.record import interpolate, network_facts, predicted_entries, predicted_entry, read_record
+from export.record import network_facts, predicted_entries, predicted_entry, read_record
 from export.runtime import host_id
 from models.errors import UserError
 from models.spec import ModelSpec, read_spec
 from serving import metrics
 from serving.config import ServeConfig
+from serving.prediction import resolve
 
 log = logging.getLogger("srnas.serving")
 
@@ -27,14 +28,15 @@ class Served:
     params: int | None  # as recorded at export (deploy.json), None where unrecorded
     flops_per_step: int | None
     predicted: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step
-    prediction_source: dict[str, Any] | None = None  # the table and the host it was timed on
+    prediction_source: dict[str, Any] = field(default_factory=dict)  # kind (table | calibrated | none) and origin
     loaded_in_s: float = 0.0
     step_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step measured at start
 
     def idle_step_s(self) -> dict[int, float]:
         """Seconds per step on an idle worker, for admission: the start-up timing ran while the other workers
-        warmed up too, so where a latency table timed on this very host predicts faster, that is taken."""
-        own = bool(self.prediction_source and self.prediction_source.get("same_host"))
+        warmed up too, so where a latency table holds on this host (it agreed with the warm-up) and predicts
+        faster, that is taken."""
+        own = self.prediction_source.get("kind") == "table"
         return {b: min(s, self.predicted[b]) if own and b in self.predicted else s for b, s in self.step_s.items()}
 
     def contention(self) -> float:
@@ -77,25 +79,6 @@ def backend_config(name: str, cfg: ServeConfig) -> BackendConfig:
     return BackendConfig(name, cfg.variant, cfg.threads, cfg.device, cfg.trt_cache)
 
 
-def per_batch(entry: dict[str, Any] | None, max_batch: int) -> dict[int, float]:
-    """The entry's per-step predictions for every batch size up to `max_batch` (empty without an entry)."""
-    return {b: float(interpolate(entry["seconds"], b)) for b in range(1, max_batch + 1)} if entry else {}
-
-
-def prediction_source(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Where the prediction was timed, beside this host: a table timed on other hardware does not hold here,
-    and /info and the log say so instead of leaving a user to guess why observed/predicted is off."""
-    if entry is None:
-        return None
-    here = host_id()
-    src = {"table": entry.get("source"), "timed_on": entry.get("host"), "threads": entry.get("threads"),
-           "this_host": here, "same_host": entry.get("host") == here}
-    if not src["same_host"]:
-        log.warning("the step-latency prediction was timed on %s, this worker runs on %s: expect observed/predicted "
-                    "away from 1 (srnas profile on this hardware, then srnas deploy --lut)", src["timed_on"], here)
-    return src
-
-
 def prediction_entry(model_dir: Path | None, loaded: LoadedDenoiser, threads: int) -> dict[str, Any] | None:
     """The search-time prediction for this backend and thread count, this host's table where there is one.
     None if unrecorded: a table timed with another thread count says nothing about this one."""
@@ -134,8 +117,8 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     loaded = select_backend(bundle, cfg)
     step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
     entry = prediction_entry(bundle.path, loaded, cfg.threads)
-    served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], per_batch(entry, cfg.max_batch_size),
-                    prediction_source(entry), step_s=step_s)
+    predicted, source = resolve(bundle.path, entry, cfg, step_s)
+    served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], predicted, source, step_s=step_s)
     for b, s in served.predicted.items():
         metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0

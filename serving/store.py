@@ -8,6 +8,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from export.calibration import KIT_DIR
 from export.record import network_facts
 from models.spec import CONFIG, DEFAULT_MODEL_DIR, WEIGHTS, read_spec
 from models.errors import UserError
@@ -15,12 +16,17 @@ from models.errors import UserError
 COPIED = (CONFIG, WEIGHTS, "deploy.json", "model.onnx", "model.int8.onnx", "model.plan")
 
 
+def stored_files(model_dir: Path) -> list[str]:
+    """What a stored model carries: the model's own files and its calibration kit (relative paths)."""
+    kit = sorted(str(p.relative_to(model_dir)) for p in (model_dir / KIT_DIR).glob("*") if p.is_file())
+    return [name for name in COPIED if (model_dir / name).is_file()] + kit
+
+
 def digest(model_dir: Path) -> str:
     h = hashlib.sha256()
-    for name in COPIED:
-        if (model_dir / name).is_file():
-            h.update(name.encode())
-            h.update((model_dir / name).read_bytes())
+    for name in stored_files(model_dir):
+        h.update(name.encode())
+        h.update((model_dir / name).read_bytes())
     return h.hexdigest()
 
 
@@ -52,9 +58,9 @@ def import_model(model_dir: str | Path | None, name: str, export_onnx: bool = Tr
         with bentoml.models.create(name, labels={"preset": spec.preset},
                                    metadata={"digest": want, "source": str(src.resolve())}) as stored:
             out = Path(stored.path)
-            for f in COPIED:
-                if (src / f).is_file():
-                    shutil.copy2(src / f, out / f)
+            for f in stored_files(src):
+                (out / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / f, out / f)
             if export_onnx and not complete:
                 _export(src, out)
     except ValueError as exc:  # an invalid model name

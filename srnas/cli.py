@@ -212,6 +212,8 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-only", action="store_true", help="check an existing --out table without re-profiling")
     p.add_argument("--extend", action="store_true", help="add the --batch sizes an existing --out table lacks")
     p.add_argument("--subnets", type=int, default=20, help="random subnets for --check")
+    p.add_argument("--calibrate", metavar="TABLE", help="instead of profiling, map TABLE (timed on another host) onto "
+                                                        "this one from about a minute of reference timings")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_profile)
 
@@ -239,9 +241,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (args.check_only or args.extend) and not out.is_file():
         raise UserError(f"{out}: no latency table to {'check' if args.check_only else 'extend'}")
+    if args.calibrate and (args.check_only or args.extend):
+        raise UserError("--calibrate makes a new table: it does not combine with --check-only or --extend")
     old = LatencyTable.load(out) if args.check_only or args.extend else None
     if args.check_only:
         table = old
+    elif args.calibrate:
+        table = _calibrated(args.calibrate, supernet, cfg, out, progress=not args.no_progress)
+        cfg.batches = sorted(table.fixed)
     else:
         if old is not None:
             cfg.batches = [b for b in args.batch if b not in old.fixed]  # only these are profiled and checked
@@ -265,6 +272,36 @@ def cmd_profile(args: argparse.Namespace) -> int:
             print(f"batch {b}: MAPE {r['mape_raw']:.1f}% raw, {r['mape_corrected_loo']:.1f}% with a linear correction "
                   f"(leave-one-out) over {args.subnets} random subnets")
     return 0
+
+
+def _calibrated(source: str, supernet: Any, cfg: Any, out: Path, progress: bool) -> Any:
+    from search.calibrate import calibrate
+    from search.latency import LatencyTable
+
+    if not Path(source).is_file():
+        raise UserError(f"{source}: no such latency table")
+    try:
+        table = LatencyTable.load(source)
+    except Exception as exc:  # a corrupt table is the user's file, not a crash
+        raise UserError(f"{source}: not a latency table ({str(exc)[:200]})") from None
+    if (table.meta.get("backend"), int(table.meta.get("threads", 0))) != (cfg.backend, cfg.threads or _quota()):
+        raise UserError(f"{source} was timed with {table.meta.get('backend')} at {table.meta.get('threads')} threads; "
+                        f"calibrate it with the same --backend and --threads")
+    try:
+        new, report = calibrate(table, supernet, cfg, progress=progress)
+    except KeyError as exc:
+        raise UserError(f"{source} does not fit --preset/--space ({exc})") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new.save(out)
+    out.with_suffix(".calibration.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"{source} ({table.meta.get('host')}) calibrated to this host in {report['seconds']:.0f} s -> {out}")
+    return new
+
+
+def _quota() -> int:
+    from export.runtime import cpu_quota
+
+    return cpu_quota()
 
 
 # ---- export --------------------------------------------------------------------------------

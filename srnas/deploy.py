@@ -65,11 +65,16 @@ def predicted_from_lut(bundle: ModelBundle, lut: str | Path) -> dict[str, Any]:
     arch = model_arch(bundle, supernet)
     try:
         seconds = {str(b): table.predict(arch, b) for b in sorted(table.fixed)}
+        parts = {str(b): table.parts(arch, b) for b in sorted(table.fixed)}
     except KeyError as exc:
         raise UserError(f"{lut}: the model's network is outside the table ({exc})") from None
+    if bundle.path is not None:  # the references a server times to map this table onto its own host
+        from search.calibrate import write_kit
+
+        write_kit(bundle.path, table, _shown(lut), supernet)
     return {"source": _shown(lut), "host": table.meta["host"], "version": table.meta["version"],
             "threads": table.meta.get("threads"), "corrected": sorted(str(b) for b in table.correction),
-            "seconds": seconds}
+            "seconds": seconds, "parts": parts}
 
 
 def variant_quality(bundle: ModelBundle, variant_file: Path, cfg: DeployConfig) -> dict[str, Any]:

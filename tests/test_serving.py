@@ -244,6 +244,13 @@ def test_info_describes_the_served_model(server):
     src = info["prediction_source"]  # where the prediction was timed, beside where it is served
     assert src["table"].startswith("search/luts/") and src["this_host"] == host_id()
     assert src["same_host"] == (src["timed_on"] == host_id()) and src["threads"] == info["limits"]["threads"]
+    # the table is taken only where it holds here; else it is mapped onto this host by the model's kit
+    assert src["kind"] in ("table", "calibrated")
+    if src["kind"] == "table":
+        assert src["same_host"] and 0.8 <= src["warmup_over_table"] <= 1.25
+    else:
+        assert src["calibration_seconds"] > 0 and set(src["fit"]) <= {"1", "2", "4", "8"}
+    assert set(info["predicted_step_seconds"]) == {str(b) for b in range(1, info["limits"]["max_batch_size"] + 1)}
 
 
 def test_openapi_lists_info_and_upscale(server):

@@ -53,7 +53,8 @@ def test_deadline_and_dispatcher_bound(monkeypatch):
 @pytest.mark.parametrize("name,value", [("SRNAS_MAX_BATCH_SIZE", "many"), ("SRNAS_MAX_BATCH_SIZE", "1"),
                                         ("SRNAS_MAX_STEPS", "0"), ("SRNAS_OVERLAP", "64"),
                                         ("SRNAS_DEADLINE_S", "0"), ("SRNAS_DEADLINE_S", "301"),
-                                        ("SRNAS_ADMIT_HEADROOM", "1.5"), ("SRNAS_MAX_LATENCY_MS", "-1")])
+                                        ("SRNAS_ADMIT_HEADROOM", "1.5"), ("SRNAS_MAX_LATENCY_MS", "-1"),
+                                        ("SRNAS_PREDICTION", "lookup"), ("SRNAS_CALIBRATION_TIMEOUT_S", "0")])
 def test_bad_env_is_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(UserError):
@@ -68,33 +69,78 @@ def test_predictions_come_from_the_table_timed_at_the_workers_thread_count(threa
     from export.record import predicted_entries, read_record
     from models.checkpoint import DEFAULT_MODEL_DIR
     from export.runtime import host_id
-    from serving.model import per_batch, prediction_entry, prediction_source
+    from serving.model import prediction_entry
+    from serving.prediction import resolve
 
     every = predicted_entries(read_record(DEFAULT_MODEL_DIR), "onnxruntime")
     tables = [e for e in every if e["threads"] == threads]
     assert {e["threads"] for e in every} == {1, 2}
     loaded = LoadedDenoiser(run=None, backend="onnxruntime", variant="fp32", label="onnxruntime-fp32")
     entry = prediction_entry(DEFAULT_MODEL_DIR, loaded, threads)
-    got, source = per_batch(entry, max_batch=4), prediction_source(entry)
+    cfg = ServeConfig(prediction="table", threads=threads, max_batch_size=4)
+    got, source = resolve(DEFAULT_MODEL_DIR, entry, cfg, {1: 0.01})
     if tables:
         own = [e for e in tables if e["host"] == host_id()]
         expected = (own or tables)[0]
         assert sorted(got) == [1, 2, 3, 4] and got[1] == pytest.approx(expected["seconds"]["1"])
-        assert source["timed_on"] == expected["host"] and source["this_host"] == host_id()
-        assert source["same_host"] == bool(own) and source["threads"] == threads
+        assert source["kind"] == "table" and source["timed_on"] == expected["host"]
+        assert source["this_host"] == host_id() and source["same_host"] == bool(own) and source["threads"] == threads
+        assert source["warmup_over_table"] == pytest.approx(0.01 / expected["seconds"]["1"], rel=1e-3)
     else:
-        assert got == {} and source is None
+        assert got == {} and source["kind"] == "none" and "no latency table" in source["reason"]
     if threads == 1:
         assert len({e["host"] for e in tables}) == 2  # the Intel and the AMD development hosts
 
 
-def test_a_prediction_timed_on_other_hardware_is_flagged(caplog):
-    from serving.model import prediction_source
+def _entry(**changes):
+    from export.backends import LoadedDenoiser
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.model import prediction_entry
 
-    entry = {"source": "t.json", "host": "vm|some other CPU", "threads": 1, "seconds": {"1": 0.01}}
+    loaded = LoadedDenoiser(run=None, backend="onnxruntime", variant="fp32", label="onnxruntime-fp32")
+    return {**prediction_entry(DEFAULT_MODEL_DIR, loaded, 1), **changes}
+
+
+def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree():
+    from export.runtime import host_id
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.prediction import resolve
+
+    entry = _entry(host=host_id())
+    cfg = ServeConfig(prediction="auto", threads=1, max_batch_size=8)
+    agree = {1: entry["seconds"]["1"] * 1.1, 8: entry["seconds"]["8"] * 0.9}
+    got, src = resolve(DEFAULT_MODEL_DIR, entry, cfg, agree)
+    assert src["kind"] == "table" and got[8] == pytest.approx(entry["seconds"]["8"])
+    # a host of the same name that runs the network 3x slower: the table does not hold, it is calibrated
+    got, src = resolve(DEFAULT_MODEL_DIR, entry, cfg, {b: s * 3 for b, s in agree.items()})
+    assert src["kind"] == "calibrated" and src["same_host"] and src["warmup_over_table"] > 1.25
+    assert set(src["fit"]) == {"1", "2", "4", "8"} and src["calibration_seconds"] > 0
+    assert sorted(got) == list(range(1, 9)) and all(s > 0 for s in got.values())
+    assert all(set(scales) >= {"rest", "*", "conv3x3"} for scales in src["fit"].values())
+
+
+def test_a_failed_calibration_serves_without_a_prediction(tmp_path, caplog):
+    import shutil
+
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.prediction import resolve
+
+    cfg = ServeConfig(prediction="calibrated", threads=1, max_batch_size=8)
+    bare = tmp_path / "model"
+    bare.mkdir()
+    for name in ("config.json", "deploy.json"):
+        shutil.copy(DEFAULT_MODEL_DIR / name, bare / name)
     with caplog.at_level("WARNING", logger="srnas.serving"):
-        src = prediction_source(entry)
-    assert src["same_host"] is False and "timed on vm|some other CPU" in caplog.text
+        got, src = resolve(bare, _entry(), cfg, {1: 0.01})  # no kit in the folder
+    assert got == {} and src["kind"] == "none" and "kit.json is missing" in src["reason"]
+    assert "calibration failed" in caplog.text
+    got, src = resolve(DEFAULT_MODEL_DIR, _entry(source="search/luts/elsewhere.json"), cfg, {1: 0.01})
+    assert got == {} and "no timings of search/luts/elsewhere.json" in src["reason"]
+    got, src = resolve(DEFAULT_MODEL_DIR, _entry(), ServeConfig(prediction="calibrated", threads=1,
+                                                                 calibration_timeout_s=1e-6), {1: 0.01})
+    assert got == {} and "took over" in src["reason"]
+    got, src = resolve(DEFAULT_MODEL_DIR, {k: v for k, v in _entry().items() if k != "parts"}, cfg, {1: 0.01})
+    assert got == {} and "no per-part prediction" in src["reason"]
 
 
 def test_the_startup_line_names_the_address_actually_bound():
