@@ -13,6 +13,11 @@ COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 DENOISE_STEP = Histogram("sr_denoise_step_seconds", "Observed latency of one denoising step (one network call)",
                          ["backend", "batch_size"], buckets=STEP_BUCKETS)
+# CPU seconds of the worker's process during its steps: where other work shares the CPUs a step waits for one,
+# its wall time grows and its CPU time does not, so CPU time over the prediction says whether the estimate held
+# and wall over CPU how busy the machine was (threads beyond the runtime's own add a little, never much)
+DENOISE_CPU = Counter("sr_denoise_step_cpu_seconds", "Process CPU seconds spent during denoising steps",
+                      ["backend", "batch_size"])
 PREDICTED_STEP = Gauge("sr_predicted_step_seconds", "Search-time (lookup table) prediction of one denoising step",
                        ["backend", "batch_size"], multiprocess_mode="livemax")
 REQUEST_TILES = Histogram("sr_request_tiles", "128x128 HR tiles per /upscale request", buckets=COUNT_BUCKETS)

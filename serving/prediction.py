@@ -9,12 +9,17 @@ worker serves: the source says `kind: "none"` and why, and no prediction is publ
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import logging
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from export.calibration import calibrate_kit
+from export.calibration import KIT_DIR, KIT_FILE, Calibration, calibrate_kit
 from export.record import interpolate
 from export.runtime import host_id
 from serving.config import ServeConfig
@@ -47,8 +52,8 @@ def resolve(model_dir: Path | None, entry: dict[str, Any] | None, cfg: ServeConf
     except (KeyError, TimeoutError, ValueError, OSError) as exc:  # a missing kit, a slow host: serve anyway
         log.warning("no step-latency prediction: calibration failed (%s)", exc)
         return {}, {**_none(f"calibration failed: {exc}"), **src}
-    log.info("step-latency prediction: %s (timed on %s) calibrated to this host in %.1f s",
-             entry.get("source"), entry.get("host"), detail["calibration_seconds"])
+    log.info("step-latency prediction: %s (timed on %s) calibrated to this host in %.1f s%s", entry.get("source"),
+             entry.get("host"), detail["calibration_seconds"], " (by another worker)" * detail["calibration_cached"])
     return per_batch(seconds, cfg.max_batch_size), {"kind": "calibrated", **src, **detail}
 
 
@@ -58,9 +63,29 @@ def _calibrated(model_dir: Path | None, entry: dict[str, Any], cfg: ServeConfig
     if model_dir is None or not parts:
         raise KeyError("the model's deploy.json has no per-part prediction (run srnas deploy with this table)")
     batches = [int(b) for b in parts if int(b) <= cfg.max_batch_size] or [min(int(b) for b in parts)]
-    cal, secs = calibrate_kit(model_dir, entry.get("source"), batches, cfg.threads, cfg.calibration_timeout_s)
+    cal, secs, cached = _shared_calibration(model_dir, entry.get("source"), batches, cfg)
     seconds = {str(b): cal.predict(parts[str(b)], b) for b in batches}
-    return seconds, {"calibration_seconds": round(secs, 2), "fit": cal.to_dict()}
+    return seconds, {"calibration_seconds": round(secs, 2), "calibration_cached": cached, "fit": cal.to_dict()}
+
+
+def _shared_calibration(model_dir: Path, source: str, batches: list[int], cfg: ServeConfig
+                        ) -> tuple[Calibration, float, bool]:
+    """One worker calibrates while the others wait for its result: workers timing at once would slow each other
+    and each add the same 10-20 s to start-up. The result is kept in the temporary folder (an emptyDir in a pod)
+    for this kit, host, thread count and batches, so a restarted worker reuses it."""
+    kit = (Path(model_dir) / KIT_DIR / KIT_FILE).read_bytes() if (Path(model_dir) / KIT_DIR / KIT_FILE).is_file() else b""
+    key = hashlib.sha256(b"|".join([kit, host_id().encode(), source.encode(), f"{cfg.threads}{batches}".encode()]))
+    path = Path(tempfile.gettempdir()) / f"srnas-calibration-{key.hexdigest()[:16]}.json"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            with contextlib.suppress(ValueError, KeyError):
+                kept = json.loads(path.read_text(encoding="utf-8"))
+                return Calibration.from_dict(kept["fit"]), float(kept["seconds"]), True
+        cal, secs = calibrate_kit(model_dir, source, batches, cfg.threads, cfg.calibration_timeout_s)
+        scales = {str(b): s for b, s in cal.scales.items()}  # unrounded: a cached fit predicts the same seconds
+        path.write_text(json.dumps({"fit": scales, "seconds": secs}), encoding="utf-8")
+        return cal, secs, False
 
 
 def _none(reason: str) -> dict[str, Any]:

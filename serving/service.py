@@ -268,8 +268,9 @@ class SRNAS:
             metrics.QUEUE_WAIT.observe(min(max(now - job.sent_at, 0.0), CFG.timeout_s))
         label, clock = served.denoiser.label, self.admission.clock
 
-        def observe(batch: int, seconds: float) -> None:
+        def observe(batch: int, seconds: float, cpu_seconds: float) -> None:
             metrics.DENOISE_STEP.labels(label, str(batch)).observe(seconds)
+            metrics.DENOISE_CPU.labels(label, str(batch)).inc(cpu_seconds)
             metrics.TILE_STEPS.inc(batch)
             clock.observe(batch, seconds)
             self._publish_saturation()  # the queue drains as steps run

@@ -91,18 +91,20 @@ class TileJob(BaseModel):
         return cls.model_construct(ref=ref, **fields)
 
 
-StepObserver = Callable[[int, float], None]  # (batch size, seconds of one network call)
+StepObserver = Callable[[int, float, float], None]  # (batch size, seconds of one network call, CPU seconds in it)
 
 
 def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullcontext()):
-    """Wrap a denoiser so that every network call (one denoising step) is timed; inside `gate`, which
-    the front's image work also takes, so the runtime's threads get the CPUs to themselves."""
+    """Wrap a denoiser so that every network call (one denoising step) is timed, in wall-clock and in the
+    process's CPU seconds: where the CPUs are shared, the step waits for one and its wall time grows while its
+    CPU time does not. Inside `gate`, which the front's image work also takes, so the runtime's threads get the
+    CPUs to themselves."""
 
     def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
         with gate:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = denoiser(x, noise_level)
-            observe(int(x.shape[0]), time.perf_counter() - t0)
+            observe(int(x.shape[0]), time.perf_counter() - t0, time.process_time() - c0)
         return out
 
     return run

@@ -270,6 +270,10 @@ def test_metrics_exposed(server):
                  "bentoml_service_request_total"):
         assert name in text, name
     assert 'sr_denoise_step_seconds_count{backend="onnxruntime-fp32",batch_size="1"}' in text
+    # beside each step's wall time, the CPU seconds of the worker's process in it (a positive amount)
+    cpu = [line for line in text.splitlines()
+           if line.startswith('sr_denoise_step_cpu_seconds_total{backend="onnxruntime-fp32",batch_size="1"}')]
+    assert cpu and float(cpu[0].split()[-1]) > 0
 
 
 def metric_total(server, name: str) -> float:

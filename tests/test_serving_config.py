@@ -101,7 +101,16 @@ def _entry(**changes):
     return {**prediction_entry(DEFAULT_MODEL_DIR, loaded, 1), **changes}
 
 
-def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree():
+@pytest.fixture
+def own_tmp(tmp_path, monkeypatch):
+    """A temporary folder of the test's own: calibrations are kept there between workers."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree(own_tmp):
     from export.runtime import host_id
     from models.checkpoint import DEFAULT_MODEL_DIR
     from serving.prediction import resolve
@@ -117,9 +126,13 @@ def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree():
     assert set(src["fit"]) == {"1", "2", "4", "8"} and src["calibration_seconds"] > 0
     assert sorted(got) == list(range(1, 9)) and all(s > 0 for s in got.values())
     assert all(set(scales) >= {"rest", "*", "conv3x3"} for scales in src["fit"].values())
+    assert src["calibration_cached"] is False and list(own_tmp.glob("srnas-calibration-*.json"))
+    # a second worker of this host takes the first one's calibration instead of timing the kit again
+    again, src2 = resolve(DEFAULT_MODEL_DIR, entry, cfg, {b: s * 3 for b, s in agree.items()})
+    assert src2["calibration_cached"] is True and src2["fit"] == src["fit"] and again == got
 
 
-def test_a_failed_calibration_serves_without_a_prediction(tmp_path, caplog):
+def test_a_failed_calibration_serves_without_a_prediction(tmp_path, caplog, own_tmp):
     import shutil
 
     from models.checkpoint import DEFAULT_MODEL_DIR
