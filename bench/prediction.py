@@ -4,8 +4,9 @@
 
 One real `bentoml serve` (its settings from the environment as usual, plus SRNAS_PREDICTION), then each load
 level on its own: `clients` clients send `requests` 64x64 images at 4 steps each, and the ratio per batch size
-comes from the differences of the server's own histograms (sr_denoise_step_seconds) over that level, over the
-published sr_predicted_step_seconds. The step-weighted ratio over all batch sizes is the headline figure.
+comes from the differences of the server's own metrics over that level: the steps' time
+(sr_denoise_step_seconds) over their prediction at the load each ran under (sr_expected_step_seconds), beside
+the idle prediction (sr_predicted_step_seconds). The step-weighted ratio over all batch sizes is the headline.
 Each run appends one JSON row (with the host and /info's prediction_source) to --out
 (default bench/results/prediction-<host>.json).
 """
@@ -32,8 +33,9 @@ STEPS = 4  # per request: many network calls per image, so that the steps domina
 
 
 def step_totals(url: str) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """({batch_size: [sum, count, CPU seconds]} of the step metrics, {batch_size: predicted seconds})."""
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    """({batch_size: [sum, count, CPU seconds, predicted at load]} of the step metrics, {batch_size: predicted
+    idle seconds})."""
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
     predicted = {}
     for metric in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
         for s in metric.samples:
@@ -44,6 +46,8 @@ def step_totals(url: str) -> tuple[dict[str, list[float]], dict[str, float]]:
                 sums[b][1] += s.value
             elif s.name == "sr_denoise_step_cpu_seconds_total":
                 sums[b][2] += s.value
+            elif s.name == "sr_expected_step_seconds_total":
+                sums[b][3] += s.value
             elif s.name == "sr_predicted_step_seconds":
                 predicted[b] = max(predicted.get(b, 0.0), s.value)
     return dict(sums), predicted
@@ -64,17 +68,19 @@ def level(url: str, clients: int, requests: int) -> dict[str, Any]:
         list(pool.map(lambda d: _post(client, url, d), images))
     wall = time.perf_counter() - t0
     after, predicted = step_totals(url)
-    rows, spent, cpu, expected = {}, 0.0, 0.0, 0.0
+    rows, spent, cpu, idle, at_load = {}, 0.0, 0.0, 0.0, 0.0
     for b, now in after.items():
-        ds, dn, dc = (x - y for x, y in zip(now, before.get(b, [0.0, 0.0, 0.0])))
+        ds, dn, dc, de = (x - y for x, y in zip(now, before.get(b, [0.0, 0.0, 0.0, 0.0])))
         if dn < 1 or b not in predicted:
             continue
         rows[b] = {"steps": int(dn), "observed_s": ds / dn, "cpu_s": dc / dn, "predicted_s": predicted[b],
-                   "observed_over_predicted": ds / dn / predicted[b], "cpu_over_predicted": dc / dn / predicted[b]}
-        spent, cpu, expected = spent + ds, cpu + dc, expected + dn * predicted[b]
+                   "predicted_at_load_s": de / dn, "observed_over_predicted": ds / de if de else None,
+                   "observed_over_idle_prediction": ds / dn / predicted[b]}
+        spent, cpu, idle, at_load = spent + ds, cpu + dc, idle + dn * predicted[b], at_load + de
     return {"clients": clients, "requests": requests, "wall_s": wall, "by_batch": rows,
-            "observed_over_predicted": spent / expected if expected else None,
-            "cpu_over_predicted": cpu / expected if expected else None, "busy_factor": spent / cpu if cpu else None}
+            "observed_over_predicted": spent / at_load if at_load else None,  # held to the prediction at its load
+            "observed_over_idle_prediction": spent / idle if idle else None,
+            "load_factor": at_load / idle if idle else None, "wall_over_cpu": spent / cpu if cpu else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(history + [row], indent=2) + "\n", encoding="utf-8")
     for r in rows:
         ratio = r["observed_over_predicted"]
-        print(f"{r['clients']} clients: observed/predicted {ratio:.2f}, CPU/predicted {r['cpu_over_predicted']:.2f}, "
-              f"wall/CPU {r['busy_factor']:.2f}; " + ", ".join(
-            f"batch {b}: {v['observed_over_predicted']:.2f} ({v['steps']} steps)" for b, v in sorted(
+        print(f"{r['clients']} clients: observed/predicted at load {ratio:.2f} (idle prediction "
+              f"{r['observed_over_idle_prediction']:.2f}, load factor {r['load_factor']:.2f}, wall/CPU "
+              f"{r['wall_over_cpu']:.2f}); " + ", ".join(
+            f"batch {b}: {v['observed_over_predicted'] or 0:.2f} ({v['steps']} steps)" for b, v in sorted(
                 r["by_batch"].items(), key=lambda kv: int(kv[0]))))
     print(f"prediction: {info['prediction_source'].get('kind')} -> {out}")
     return 0

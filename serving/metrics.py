@@ -18,6 +18,10 @@ DENOISE_STEP = Histogram("sr_denoise_step_seconds", "Observed latency of one den
 # and wall over CPU how busy the machine was (threads beyond the runtime's own add a little, never much)
 DENOISE_CPU = Counter("sr_denoise_step_cpu_seconds", "Process CPU seconds spent during denoising steps",
                       ["backend", "batch_size"])
+# The prediction of each step at the load it ran under (the idle prediction x the slowdown measured at start-up
+# for that many workers in a network call at once): observed over this says whether the estimate held
+EXPECTED_STEP = Counter("sr_expected_step_seconds", "Predicted seconds of the steps run, each at the number of "
+                        "workers in a network call when it started", ["backend", "batch_size"])
 PREDICTED_STEP = Gauge("sr_predicted_step_seconds", "Search-time (lookup table) prediction of one denoising step",
                        ["backend", "batch_size"], multiprocess_mode="livemax")
 REQUEST_TILES = Histogram("sr_request_tiles", "128x128 HR tiles per /upscale request", buckets=COUNT_BUCKETS)

@@ -16,7 +16,7 @@ from models.errors import UserError
 from models.spec import ModelSpec, read_spec
 from serving import metrics
 from serving.config import ServeConfig
-from serving.prediction import resolve
+from serving.prediction import resolve, shared, slowdown
 
 log = logging.getLogger("srnas.serving")
 
@@ -31,6 +31,10 @@ class Served:
     prediction_source: dict[str, Any] = field(default_factory=dict)  # kind (table | calibrated | none) and origin
     loaded_in_s: float = 0.0
     step_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step measured at start
+    slowdown: dict[int, float] = field(default_factory=lambda: {1: 1.0})  # workers in a call at once -> factor
+
+    def slowdown_at(self, load: int) -> float:
+        return self.slowdown.get(load) or self.slowdown[max(self.slowdown)]
 
     def idle_step_s(self) -> dict[int, float]:
         """Seconds per step on an idle worker, for admission: the start-up timing ran while the other workers
@@ -119,6 +123,11 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     entry = prediction_entry(bundle.path, loaded, cfg.threads)
     predicted, source = resolve(bundle.path, entry, cfg, step_s)
     served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], predicted, source, step_s=step_s)
+    if predicted and cfg.workers > 1:
+        curve, _ = shared(["slowdown", str(bundle.path), loaded.label, cfg.threads, cfg.workers],
+                          lambda: {str(k): v for k, v in slowdown(loaded.run, size, cfg.workers).items()})
+        served.slowdown = {int(k): v for k, v in curve.items()}
+        source["slowdown"] = {k: round(v, 3) for k, v in curve.items()}
     for b, s in served.predicted.items():
         metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0

@@ -16,8 +16,12 @@ import json
 import logging
 import statistics
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 from export.calibration import KIT_DIR, KIT_FILE, Calibration, calibrate_kit
 from export.record import interpolate
@@ -70,22 +74,54 @@ def _calibrated(model_dir: Path | None, entry: dict[str, Any], cfg: ServeConfig
 
 def _shared_calibration(model_dir: Path, source: str, batches: list[int], cfg: ServeConfig
                         ) -> tuple[Calibration, float, bool]:
-    """One worker calibrates while the others wait for its result: workers timing at once would slow each other
-    and each add the same 10-20 s to start-up. The result is kept in the temporary folder (an emptyDir in a pod)
-    for this kit, host, thread count and batches, so a restarted worker reuses it."""
-    kit = (Path(model_dir) / KIT_DIR / KIT_FILE).read_bytes() if (Path(model_dir) / KIT_DIR / KIT_FILE).is_file() else b""
-    key = hashlib.sha256(b"|".join([kit, host_id().encode(), source.encode(), f"{cfg.threads}{batches}".encode()]))
-    path = Path(tempfile.gettempdir()) / f"srnas-calibration-{key.hexdigest()[:16]}.json"
+    kit = Path(model_dir) / KIT_DIR / KIT_FILE
+
+    def compute() -> dict[str, Any]:
+        cal, secs = calibrate_kit(model_dir, source, batches, cfg.threads, cfg.calibration_timeout_s)
+        return {"fit": {str(b): s for b, s in cal.scales.items()}, "seconds": secs}  # unrounded: the same seconds
+
+    kept, cached = shared(["calibration", kit.read_bytes() if kit.is_file() else b"", source, cfg.threads, batches],
+                          compute)
+    return Calibration.from_dict(kept["fit"]), float(kept["seconds"]), cached
+
+
+def shared(key: list[Any], compute: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
+    """One worker measures while the others wait for its result: workers timing at once would slow each other
+    and each add the same seconds to start-up. The result is kept in the temporary folder (an emptyDir in a pod)
+    under a key of `key` and this host, so a restarted worker reuses it. (result, whether it was kept before)."""
+    h = hashlib.sha256(host_id().encode())
+    for part in key:
+        h.update(part if isinstance(part, bytes) else repr(part).encode())
+    path = Path(tempfile.gettempdir()) / f"srnas-{key[0]}-{h.hexdigest()[:16]}.json"
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.is_file():
-            with contextlib.suppress(ValueError, KeyError):
-                kept = json.loads(path.read_text(encoding="utf-8"))
-                return Calibration.from_dict(kept["fit"]), float(kept["seconds"]), True
-        cal, secs = calibrate_kit(model_dir, source, batches, cfg.threads, cfg.calibration_timeout_s)
-        scales = {str(b): s for b, s in cal.scales.items()}  # unrounded: a cached fit predicts the same seconds
-        path.write_text(json.dumps({"fit": scales, "seconds": secs}), encoding="utf-8")
-        return cal, secs, False
+            with contextlib.suppress(ValueError):
+                return json.loads(path.read_text(encoding="utf-8")), True
+        out = compute()
+        path.write_text(json.dumps(out), encoding="utf-8")
+        return out, False
+
+
+def slowdown(run: Callable[[np.ndarray, np.ndarray], Any], size: int, workers: int, calls: int = 6
+             ) -> dict[int, float]:
+    """{k: how much slower one batch-1 step runs while k of them run at once} for k = 1..workers, measured with k
+    threads of this process (the runtime releases the GIL), while the other workers wait in `shared`."""
+    x, level = np.zeros((1, 6, size, size), np.float32), np.full((1,), 0.5, np.float32)
+
+    def mean_step(k: int) -> float:
+        def one(_: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                run(x, level)
+            return (time.perf_counter() - t0) / calls
+
+        with ThreadPoolExecutor(k) as pool:
+            return statistics.mean(pool.map(one, range(k)))
+
+    run(x, level)
+    alone = mean_step(1)
+    return {1: 1.0, **{k: max(1.0, mean_step(k) / alone) for k in range(2, workers + 1)}}
 
 
 def _none(reason: str) -> dict[str, Any]:

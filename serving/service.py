@@ -33,6 +33,7 @@ from models.sampler import SamplerConfig
 from models.upscaler import TileConfig, TilePlan, blend_tiles, make_tiles, tile_seeds
 from serving import hardening, metrics
 from serving.batching import BatchedCall
+from serving.busy import BusyBoard
 from serving.config import SERVICE_NAME, ServeConfig
 from serving.edge import DRAIN, SHED
 from serving.admission import Admission, StepClock, Work, tile_count
@@ -85,6 +86,7 @@ class SRNAS:
         self.admission: Admission | None = None
         self._calibrating: asyncio.Future | None = None
         self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
+        self.board = BusyBoard.for_this_server(bentoml.server_context.worker_index)
         self.model_dir = Path(self.model_ref.path)
         self.denoise_batched = BatchedCall(self, "denoise_tiles")
         dead = metrics.reap_dead_workers()  # a worker that replaces a killed one clears its stale gauges
@@ -268,14 +270,16 @@ class SRNAS:
             metrics.QUEUE_WAIT.observe(min(max(now - job.sent_at, 0.0), CFG.timeout_s))
         label, clock = served.denoiser.label, self.admission.clock
 
-        def observe(batch: int, seconds: float, cpu_seconds: float) -> None:
+        def observe(batch: int, seconds: float, cpu_seconds: float, load: int) -> None:
             metrics.DENOISE_STEP.labels(label, str(batch)).observe(seconds)
             metrics.DENOISE_CPU.labels(label, str(batch)).inc(cpu_seconds)
+            if batch in served.predicted:  # the prediction at the load this step ran under
+                metrics.EXPECTED_STEP.labels(label, str(batch)).inc(served.predicted[batch] * served.slowdown_at(load))
             metrics.TILE_STEPS.inc(batch)
             clock.observe(batch, seconds)
             self._publish_saturation()  # the queue drains as steps run
 
-        return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate), served.bundle.diffusion,
+        return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate, self.board.busy), served.bundle.diffusion,
                         served.bundle.defaults.get("eta", 0.0), CFG.limits.max_steps)
 
 

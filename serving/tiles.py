@@ -91,20 +91,22 @@ class TileJob(BaseModel):
         return cls.model_construct(ref=ref, **fields)
 
 
-StepObserver = Callable[[int, float, float], None]  # (batch size, seconds of one network call, CPU seconds in it)
+# (batch size, seconds of one network call, CPU seconds in it, workers in a network call when it started)
+StepObserver = Callable[[int, float, float, int], None]
 
 
-def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullcontext()):
+def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullcontext(),
+          busy: Callable[[], AbstractContextManager[int]] = lambda: nullcontext(1)):
     """Wrap a denoiser so that every network call (one denoising step) is timed, in wall-clock and in the
     process's CPU seconds: where the CPUs are shared, the step waits for one and its wall time grows while its
     CPU time does not. Inside `gate`, which the front's image work also takes, so the runtime's threads get the
-    CPUs to themselves."""
+    CPUs to themselves, and inside `busy`, which counts the server's workers in a network call."""
 
     def run(x: np.ndarray, noise_level: np.ndarray) -> np.ndarray:
-        with gate:
+        with gate, busy() as load:
             t0, c0 = time.perf_counter(), time.process_time()
             out = denoiser(x, noise_level)
-            observe(int(x.shape[0]), time.perf_counter() - t0, time.process_time() - c0)
+            observe(int(x.shape[0]), time.perf_counter() - t0, time.process_time() - c0, load)
         return out
 
     return run

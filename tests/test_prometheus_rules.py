@@ -52,19 +52,21 @@ def test_check_rejects_broken_promql(promtool, tmp_path):
 
 class Exporter(BaseHTTPRequestHandler):
     """Loopback /metrics in the service's metric names: every scrape adds 10 steps per batch size;
-    batch 1 steps take 0.25 s as predicted, batch 8 steps 0.5 s (twice the prediction)."""
+    batch 1 steps take 0.25 s as predicted, batch 8 steps 0.5 s (twice the prediction, at the same load)."""
     scrapes = 0
 
     def do_GET(self):
         type(self).scrapes += 1
         n = 10 * type(self).scrapes
-        lines = ["# TYPE sr_denoise_step_seconds histogram", "# TYPE sr_predicted_step_seconds gauge"]
+        lines = ["# TYPE sr_denoise_step_seconds histogram", "# TYPE sr_predicted_step_seconds gauge",
+                 "# TYPE sr_expected_step_seconds counter"]
         for batch, step_s in (("1", 0.25), ("8", 0.5)):
             labels = f'backend="onnxruntime",batch_size="{batch}"'
             lines += [f'sr_denoise_step_seconds_bucket{{{labels},le="+Inf"}} {n}',
                       f"sr_denoise_step_seconds_sum{{{labels}}} {step_s * n}",
                       f"sr_denoise_step_seconds_count{{{labels}}} {n}",
-                      f"sr_predicted_step_seconds{{{labels}}} 0.25"]
+                      f"sr_predicted_step_seconds{{{labels}}} 0.25",
+                      f"sr_expected_step_seconds_total{{{labels}}} {0.25 * n}"]
         body = ("\n".join(lines) + "\n").encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; version=0.0.4")

@@ -274,6 +274,9 @@ def test_metrics_exposed(server):
     cpu = [line for line in text.splitlines()
            if line.startswith('sr_denoise_step_cpu_seconds_total{backend="onnxruntime-fp32",batch_size="1"}')]
     assert cpu and float(cpu[0].split()[-1]) > 0
+    # and the prediction of each step at the load it ran under, where the worker has a prediction
+    if httpx.get(server.url + "/info").json()["predicted_step_seconds"]:
+        assert 'sr_expected_step_seconds_total{backend="onnxruntime-fp32",batch_size="1"}' in text
 
 
 def metric_total(server, name: str) -> float:

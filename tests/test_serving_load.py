@@ -120,11 +120,14 @@ def test_every_step_under_load_has_a_prediction_to_compare_with(server):
     label = info["backend"]["label"]
     assert {dict(k)["batch_size"] for k in predicted if dict(k)["backend"] == label} == {
         str(b) for b in range(1, info["limits"]["max_batch_size"] + 1)}
+    expected = after.get("sr_expected_step_seconds_total", {})
+    slow = info["prediction_source"].get("slowdown") or {"1": 1.0}
     for labels, count in after["sr_denoise_step_seconds_count"].items():
-        if count:  # every batch size that ran has a prediction, and the ratio is a finite positive number
-            assert labels in predicted
-            ratio = after["sr_denoise_step_seconds_sum"][labels] / count / predicted[labels]
-            assert 0 < ratio < float("inf")
+        if count:  # every batch size that ran has a prediction at the loads it ran under, and a finite ratio
+            assert labels in predicted and labels in expected
+            assert count * predicted[labels] <= expected[labels] * (1 + 1e-9) <= count * predicted[labels] * max(
+                slow.values()) * (1 + 1e-9)
+            assert 0 < after["sr_denoise_step_seconds_sum"][labels] / expected[labels] < float("inf")
 
 
 def test_request_benchmark_measures_latency_overhead_and_throughput(server):
