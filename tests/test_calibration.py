@@ -105,3 +105,23 @@ def test_calibrate_cli_refuses_bad_input(run_srnas, tmp_path, args, message):
         out.write_text("{}")
     r = run_srnas("profile", "--out", str(out), *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_network_wise_predictor_learns_log_latency_from_architecture_features(supernet):
+    import numpy as np
+    import torch
+
+    from search.predictor import Featurizer, RidgePredictor, cross_validated
+    from search.supernet import random_arch
+
+    feat = Featurizer.of(supernet)
+    assert feat.candidates == sorted({"conv3x3", "dwsep3x3", "skip", "none", "self"}) and feat.widths == ["width0"]
+    rng = torch.Generator().manual_seed(0)
+    archs = [random_arch(supernet, rng) for _ in range(12)]
+    x = np.stack([feat(a, supernet) for a in archs])
+    assert x.shape == (12, 1 + len(feat.candidates) + 1) and np.all(x[:, 0] > 0)  # log FLOPs, counts, width
+    # seconds that follow the features exactly (log-linear) are learned back within the ridge's shrinkage
+    truth = np.exp(-6 + 0.8 * (x[:, 0] - x[:, 0].mean()) + 0.05 * x[:, 1])
+    model = RidgePredictor(alpha=1e-6).fit(x, truth)
+    assert np.allclose(model.predict(x), truth, rtol=1e-3)
+    assert cross_validated(x, truth, folds=3, alpha=1e-6).shape == (12,)
