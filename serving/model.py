@@ -117,11 +117,17 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     t0 = time.perf_counter()
     bundle = read_spec(model_dir)
     size = bundle.unet.image_size
-    facts = network_facts(bundle.path)
+    try:
+        facts, unreadable = network_facts(bundle.path), None
+    except (ValueError, OSError) as exc:  # a corrupt deploy.json costs the prediction and the facts, not the service
+        facts, unreadable = {"params": None, "flops_per_step": None}, f"deploy.json is unreadable ({exc})"
+        log.warning("serving without a step-latency prediction: %s", unreadable)
     loaded = select_backend(bundle, cfg)
     step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
-    entry = prediction_entry(bundle.path, loaded, cfg.threads)
+    entry = None if unreadable else prediction_entry(bundle.path, loaded, cfg.threads)
     predicted, source = resolve(bundle.path, entry, cfg, step_s)
+    if unreadable:
+        source["reason"] = unreadable
     served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], predicted, source, step_s=step_s)
     if predicted and cfg.workers > 1:
         curve, _ = shared(["slowdown", str(bundle.path), loaded.label, cfg.threads, cfg.workers],

@@ -173,3 +173,19 @@ def test_the_startup_line_names_the_address_actually_bound():
         assert TrueBindAddress().filter(record)
     assert f"listening on http://127.0.0.1:{port} " in record.getMessage()
     assert "every network interface" not in record.getMessage()
+
+
+def test_a_corrupt_deploy_record_serves_without_a_prediction(tmp_path, own_tmp, caplog):
+    import shutil
+
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.model import load_served
+
+    folder = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, folder)
+    (folder / "deploy.json").write_text("{not json")
+    with caplog.at_level("WARNING", logger="srnas.serving"):
+        served = load_served(folder, ServeConfig(threads=1, workers=1, warmup_runs=1))
+    src = served.describe()["prediction_source"]
+    assert served.predicted == {} and src["kind"] == "none" and "deploy.json is unreadable" in src["reason"]
+    assert served.params is None and served.step_s and "without a step-latency prediction" in caplog.text
