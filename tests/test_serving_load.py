@@ -126,7 +126,7 @@ def test_every_step_under_load_has_a_prediction_to_compare_with(server):
         if count:  # every batch size that ran has a prediction at the loads it ran under, and a finite ratio
             assert labels in predicted and labels in expected
             assert count * predicted[labels] <= expected[labels] * (1 + 1e-9) <= count * predicted[labels] * max(
-                slow.values()) * (1 + 1e-9)
+                slow.values()) * (1 + 1e-3)  # /info rounds the slowdown to 3 decimals
             assert 0 < after["sr_denoise_step_seconds_sum"][labels] / expected[labels] < float("inf")
 
 
