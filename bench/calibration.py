@@ -25,12 +25,13 @@ from scipy.stats import kendalltau
 from tqdm import tqdm
 
 from export.calibration import fit, mape, pick_blocks
-from export.runtime import host_id
+from export.runtime import host_id, host_slug
 from models.checkpoint import read_json, write_json
 from models.config import preset
 from models.unet import UNet
 from search.calibrate import calibrate, entry_context, reference_nets
-from search.latency import LatencyTable, ProfileConfig, base_arch, check_archs, make_timer, time_network
+from search.latency import (LatencyTable, ProfileConfig, base_arch, check_archs, fastest_of, make_timer,
+                            time_network)
 from search.space import make_space
 from search.supernet import extract, random_arch, space_config
 
@@ -72,14 +73,14 @@ def live(tables: dict[str, LatencyTable], net: UNet, subnets: int) -> dict[str, 
     for name, table in tables.items():
         new, report = calibrate(table, net, ProfileConfig("onnxruntime", BATCHES, 1), progress=False)
         cals[name] = {"table": new, "seconds": report["seconds"], "fit": report["fit"]}
-    median = make_timer(ProfileConfig("onnxruntime", BATCHES, 1, 3, 7))
+    timer = fastest_of(make_timer(ProfileConfig("onnxruntime", BATCHES, 1, 3, 7)), 3)
     rng = torch.Generator().manual_seed(1000)
     archs = [("base", base_arch(net))] + [(f"random{i}", random_arch(net, rng)) for i in range(subnets)]
     measured = {b: [] for b in BATCHES}
     for _, arch in tqdm(archs, desc="time networks", unit="net"):
         sub = extract(net, arch)
         for b in BATCHES:
-            measured[b].append(time_network(sub, b, lambda m, a: min(median(m, a) for _ in range(3))))
+            measured[b].append(time_network(sub, b, timer))
     out: dict[str, Any] = {"networks": len(archs), "tables": {}}
     for name, table in tables.items():
         cal = cals[name]["table"]
@@ -115,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["offline"].append(offline(tables[src], tables[dst], read_json(check), net))
     if not args.offline_only:
         result["live"] = live(tables, net, args.subnets)
-    slug = host_id().split("|")[-1].lower().replace(" ", "-").replace("(r)", "")
-    out = Path(args.out or ROOT / "bench" / "results" / f"calibration-{slug}.json")
+    out = Path(args.out or ROOT / "bench" / "results" / f"calibration-{host_slug()}.json")
     write_json(out, result)
     for row in result["offline"]:
         print(f"{row['from']} -> {row['to']}: MAPE % raw / calibrated by batch: " + ", ".join(

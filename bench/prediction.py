@@ -25,7 +25,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.requests import png
-from export.runtime import host_id
+from export.runtime import host_id, host_slug
 from loadtest.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {"host": host_id(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "prediction": args.prediction, "prediction_source": info["prediction_source"],
            "workers": info["limits"].get("workers"), "threads": info["limits"].get("threads"), "levels": rows}
-    slug = host_id().split("|")[-1].lower().replace(" ", "-").replace("(r)", "")
-    out = Path(args.out or ROOT / "bench" / "results" / f"prediction-{slug}.json")
+    out = Path(args.out or ROOT / "bench" / "results" / f"prediction-{host_slug()}.json")
     history = json.loads(out.read_text()) if out.is_file() else []
     out.write_text(json.dumps(history + [row], indent=2) + "\n", encoding="utf-8")
     for r in rows:

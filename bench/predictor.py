@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from bench.calibration import ROOT, TABLES, supernet
 from export.calibration import mape
-from export.runtime import host_id
+from export.runtime import host_id, host_slug
 from models.checkpoint import read_json, write_json
-from search.latency import LatencyTable, ProfileConfig, check_archs, make_timer, time_network
+from search.latency import LatencyTable, ProfileConfig, check_archs, fastest_of, make_timer, time_network
 from search.predictor import Featurizer, RidgePredictor, cross_validated
 from search.supernet import extract, random_arch
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                     for b in data[dst]}
     rng = torch.Generator().manual_seed(SEED)
     archs = [random_arch(net, rng) for _ in range(args.subnets)]
-    median = make_timer(ProfileConfig("onnxruntime", [1], 1, 3, 7))
-    measured = np.array([time_network(extract(net, a), 1, lambda m, x: min(median(m, x) for _ in range(3)))
+    timer = fastest_of(make_timer(ProfileConfig("onnxruntime", [1], 1, 3, 7)), 3)
+    measured = np.array([time_network(extract(net, a), 1, timer)
                          for a in tqdm(archs, desc="time networks", unit="net")])
     x = np.stack([feat(a, net) for a in archs])
     here = {"networks": len(archs), "measured_s": measured.tolist(),
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         here[f"table_tau {path}"] = tau([table.predict(a, 1, corrected=False) for a in archs], measured)
         here[f"predictor_tau trained on {path}"] = tau(RidgePredictor().fit(*data[path][1][:2]).predict(x), measured)
     result["this_host"] = here
-    slug = host_id().split("|")[-1].lower().replace(" ", "-").replace("(r)", "")
-    out = Path(args.out or ROOT / "bench" / "results" / f"predictor-{slug}.json")
+    out = Path(args.out or ROOT / "bench" / "results" / f"predictor-{host_slug()}.json")
     write_json(out, result)
     for path, rows in result["stored"].items():
         print(f"{path} (its own host): " + ", ".join(

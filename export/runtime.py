@@ -124,3 +124,8 @@ def host_id() -> str:
     except OSError:
         pass
     return f"{platform.node()}|{cpu}"
+
+
+def host_slug() -> str:
+    """The CPU part of `host_id` as a file-name part (e.g. `amd-epyc`), for results named by their host."""
+    return host_id().split("|")[-1].lower().replace("(r)", "").replace(" ", "-")

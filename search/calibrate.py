@@ -19,7 +19,7 @@ from export.calibration import KIT_DIR, KIT_FILE, Calibration, fit, pick_blocks,
 from export.runtime import host_id
 from models.checkpoint import write_json
 from models.unet import UNet
-from search.latency import LatencyTable, ProfileConfig, _slot_shapes, make_timer, time_network
+from search.latency import LatencyTable, ProfileConfig, _slot_shapes, fastest_of, make_timer, time_network
 from search.supernet import extract, random_arch
 
 NET_SEED = 2000  # reference networks; the table's check uses seed + 1000, so they are other networks
@@ -44,12 +44,8 @@ def calibrate(table: LatencyTable, supernet: UNet, profile: ProfileConfig, cfg: 
     """The table mapped onto this host, and a report of the references, their timings and the fit."""
     cfg = cfg or CalibrateConfig()
     t0 = time.perf_counter()
-    median = make_timer(ProfileConfig(profile.backend, profile.batches, profile.threads, cfg.warmup, cfg.reps,
-                                      profile.size, device=profile.device))
-
-    def timer(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> float:
-        return min(median(module, args) for _ in range(cfg.rounds))
-
+    timer = fastest_of(make_timer(ProfileConfig(profile.backend, profile.batches, profile.threads, cfg.warmup,
+                                                cfg.reps, profile.size, device=profile.device)), cfg.rounds)
     batches = sorted(table.fixed)
     refs = pick_blocks(table.entries, cfg.per_candidate)
     _, modules = _slot_shapes(supernet, profile.size)

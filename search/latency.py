@@ -91,6 +91,11 @@ def make_timer(cfg: ProfileConfig) -> Timer:
     raise ValueError(f"unknown backend {cfg.backend!r}; choose from {', '.join(BACKENDS)}")
 
 
+def fastest_of(timer: Timer, rounds: int) -> Timer:
+    """The fastest of `rounds` timings: a noisy VM's neighbours only ever slow a run down."""
+    return lambda module, args: min(timer(module, args) for _ in range(rounds))
+
+
 def time_network(net: UNet, batch: int, timer: Timer, size: int = 128) -> float:
     args = (torch.randn(batch, net.cfg.in_channels, size, size), torch.full((batch,), 0.5))
     return timer(net, args)
