@@ -43,13 +43,14 @@ class DiffusionConfig:
 
 
 def _sqrt1m(sqrt_g):
-    """sqrt(1 - g) from sqrt(g), for numpy arrays and torch tensors alike."""
+    """sqrt(1 - g) from sqrt(g), for numpy arrays and torch tensors alike. Near g = 1 a float32 sqrt(g) loses
+    1 - g (at g = 1 - 1e-6 by about 10 %), so callers that know g pass sqrt(1 - g) computed in float64."""
     return (1 - sqrt_g ** 2).clip(0, None) ** 0.5
 
 
-def split_prediction(kind: str, out, y, sqrt_g) -> tuple[Any, Any]:
-    """Turn the network output into (x0, eps) given y_t and sqrt(gamma) broadcastable to y."""
-    s1 = _sqrt1m(sqrt_g)
+def split_prediction(kind: str, out, y, sqrt_g, sqrt_1mg=None) -> tuple[Any, Any]:
+    """Turn the network output into (x0, eps) given y_t, sqrt(gamma) and sqrt(1 - gamma), broadcastable to y."""
+    s1 = _sqrt1m(sqrt_g) if sqrt_1mg is None else sqrt_1mg
     if kind == "eps":
         return (y - s1 * out) / sqrt_g, out
     if kind == "x0":
@@ -59,12 +60,12 @@ def split_prediction(kind: str, out, y, sqrt_g) -> tuple[Any, Any]:
     raise ValueError(kind)
 
 
-def make_target(kind: str, x0, eps, sqrt_g):
+def make_target(kind: str, x0, eps, sqrt_g, sqrt_1mg=None):
     if kind == "eps":
         return eps
     if kind == "x0":
         return x0
-    return sqrt_g * eps - _sqrt1m(sqrt_g) * x0
+    return sqrt_g * eps - (_sqrt1m(sqrt_g) if sqrt_1mg is None else sqrt_1mg) * x0
 
 
 class Diffusion:
@@ -84,6 +85,10 @@ class Diffusion:
             return (bicubic + x0 / self.cfg.residual_scale).clip(-1, 1)
         return x0.clip(-1, 1)
 
-    def x0_clip(self) -> float:
-        """Bound on |x0|: images live in [-1,1]; residuals of [-1,1] images in [-2,2] before scaling."""
-        return 1.0 if self.cfg.target == "image" else 2.0 * self.cfg.residual_scale
+    def clip_x0(self, x0, bicubic):
+        """x0 clipped per pixel to what keeps the image inside [-1, 1]: for a residual target that is
+        [(-1 - bicubic), (1 - bicubic)] x scale, which bites on every pixel a global bound of 2 x scale misses."""
+        if self.cfg.target == "residual":
+            s = self.cfg.residual_scale
+            return x0.clip((-1 - bicubic) * s, (1 - bicubic) * s)
+        return x0.clip(-1, 1)

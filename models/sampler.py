@@ -61,15 +61,15 @@ def sample(denoiser: Denoiser, diffusion: Diffusion, bicubic: np.ndarray, cfg: S
     b = bicubic.shape[0]
     rngs = _generators(seeds, b)
     g_path, gp_path = diffusion.schedule.respaced(cfg.steps)
-    clip = diffusion.x0_clip() if cfg.clip else None
     y = _noise(rngs, tuple(bicubic.shape[1:]))
     for k, (g, gp) in enumerate(zip(g_path.tolist(), gp_path.tolist())):
-        sg = math.sqrt(g)
+        # both roots from gamma in float64: sqrt(1 - g) from a float32 sqrt(g) loses 1 - g near g = 1
+        sg, s1 = np.float32(math.sqrt(g)), np.float32(math.sqrt(max(1.0 - g, 1e-12)))
         out = np.asarray(denoiser(np.concatenate([bicubic, y], axis=1), np.full((b,), sg, dtype=np.float32)))
-        x0, eps = split_prediction(diffusion.cfg.prediction, out, y, np.float32(sg))
-        if clip is not None:
-            x0 = x0.clip(-clip, clip)
-            eps = (y - np.float32(sg) * x0) / np.float32(math.sqrt(max(1.0 - g, 1e-12)))
+        x0, eps = split_prediction(diffusion.cfg.prediction, out, y, sg, s1)
+        if cfg.clip:
+            x0 = diffusion.clip_x0(x0, bicubic)
+            eps = (y - sg * x0) / s1
         y = _ddpm_step(y, x0, g, gp, rngs) if cfg.sampler == "ddpm" else _ddim_step(x0, eps, g, gp, cfg.eta, rngs)
         if on_step is not None:
             on_step(k, y, diffusion.to_image(x0, bicubic))

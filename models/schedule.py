@@ -34,11 +34,14 @@ class NoiseSchedule:
         return self.cfg.timesteps
 
     def timesteps_for(self, steps: int) -> np.ndarray:
-        """K timesteps from T down to 1, evenly spaced; K = T gives every step."""
+        """K timesteps with trailing spacing: T, T - T/K, ..., T/K (rounded); K = T gives every step.
+
+        The path starts at pure noise (t = T) and its last call sits at T/K, not at t = 1, where the network
+        would only remove noise of about 1e-3 (a wasted call: K = 2 then did what K = 1 does)."""
         if not 1 <= steps <= self.T:
             raise UserError(f"steps must be in 1..{self.T}, got {steps}")
-        ts = np.round(np.linspace(self.T, 1, steps)).astype(np.int64)  # K = 1 starts from pure noise
-        return ts
+        # spacing T/K >= 1, so the rounded steps stay distinct and the last is >= 1
+        return np.round(self.T - np.arange(steps) * (self.T / steps)).astype(np.int64)
 
     def respaced(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(gamma_k, gamma_prev_k) along the K-step path; gamma_prev of the last step is 1."""

@@ -9,11 +9,12 @@ from models.diffusion import Denoiser, Diffusion, make_target
 
 
 def noise_levels(diffusion: Diffusion, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SR3's continuous noise level: t ~ U{1..T}, sqrt(gamma) ~ U(sqrt g_t, sqrt g_{t-1})."""
-    sqrt_g = torch.from_numpy(diffusion.schedule.gammas).sqrt().float()  # sqrt(gamma_t), t = 0..T
+    """SR3's continuous noise level: t ~ U{1..T}, sqrt(gamma) ~ U(sqrt g_t, sqrt g_{t-1}), in float64 so that
+    sqrt(1 - gamma) can be taken from it exactly."""
+    sqrt_g = torch.from_numpy(diffusion.schedule.gammas).sqrt()  # sqrt(gamma_t), t = 0..T, float64
     t = torch.randint(1, diffusion.schedule.T + 1, (n,), generator=generator)
     lo, hi = sqrt_g[t], sqrt_g[t - 1]
-    return lo + (hi - lo) * torch.rand(n, generator=generator)
+    return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
 
 
 def sr3_loss(diffusion: Diffusion, model: Denoiser, hr: torch.Tensor, bicubic: torch.Tensor,
@@ -22,14 +23,16 @@ def sr3_loss(diffusion: Diffusion, model: Denoiser, hr: torch.Tensor, bicubic: t
     """The SR3 loss; with a teacher (same diffusion config), plus `distill` x the distance to its output
     on the same noisy input, as once-for-all style NAS trains subnets from the full network."""
     x0 = diffusion.to_x0(hr, bicubic)
-    sqrt_g = noise_levels(diffusion, hr.shape[0], generator).to(hr.device)
+    level64 = noise_levels(diffusion, hr.shape[0], generator)
+    sqrt_g = level64.float().to(hr.device)
+    s1 = (1 - level64 ** 2).sqrt().float().to(hr.device)[:, None, None, None]  # in float64, as the sampler
     eps = torch.randn(x0.shape, generator=generator).to(hr.device)
     sg = sqrt_g[:, None, None, None]
-    y = sg * x0 + (1 - sg ** 2).sqrt() * eps
+    y = sg * x0 + s1 * eps
     inp = torch.cat([bicubic, y], dim=1)
     out = model(inp, sqrt_g)
     crit = F.l1_loss if diffusion.cfg.loss == "l1" else F.mse_loss
-    loss = crit(out, make_target(diffusion.cfg.prediction, x0, eps, sg))
+    loss = crit(out, make_target(diffusion.cfg.prediction, x0, eps, sg, s1))
     if teacher is not None and distill > 0:
         with torch.no_grad():
             guide = teacher(inp, sqrt_g)

@@ -35,6 +35,64 @@ def test_respacing(k):
         assert np.allclose(g, s.gammas[1:][::-1])
 
 
+@pytest.mark.parametrize("k,expected", [(1, [2000]), (2, [2000, 1000]), (3, [2000, 1333, 667]),
+                                        (4, [2000, 1500, 1000, 500]), (7, [2000, 1714, 1429, 1143, 857, 571, 286])])
+def test_trailing_spacing_closed_form(k, expected):
+    """Trailing spacing: the path starts at T and its last call is at T/K, never at t = 1."""
+    assert NoiseSchedule(ScheduleConfig()).timesteps_for(k).tolist() == expected
+
+
+def test_two_steps_do_not_repeat_one_step():
+    """With leading spacing the second call sat at t = 1 and changed nothing; now it denoises at t = T/2."""
+    d = Diffusion(DiffusionConfig(prediction="v", target="residual", residual_scale=4.0))
+
+    def net(x, nl):  # a fixed non-oracle function: its x0 depends on the noisy input
+        return np.tanh(x[:, 3:]) * 0.3
+
+    bic = np.zeros((1, 3, 16, 16), np.float32)
+    one, two = (sample(net, d, bic, SamplerConfig("ddim", k), seeds=[5]) for k in (1, 2))
+    assert np.abs(one - two).mean() > 1e-3
+
+
+def test_x0_clip_is_per_pixel_for_residual_targets():
+    d = Diffusion(DiffusionConfig(target="residual", residual_scale=20.0))
+    bic = np.array([-1.0, -0.5, 0.0, 0.9, 1.0], np.float32)
+    x0 = np.array([-50.0, 5.0, 30.0, 10.0, -1.0], np.float32)
+    clipped = d.clip_x0(x0, bic)
+    assert clipped.tolist() == pytest.approx([0.0, 5.0, 20.0, 2.0, -1.0])
+    assert np.all(np.abs(bic + clipped / 20.0) <= 1.0 + 1e-7)  # every pixel stays inside the image range
+    assert Diffusion(DiffusionConfig()).clip_x0(np.array([-3.0, 0.5, 2.0]), None).tolist() == [-1.0, 0.5, 1.0]
+
+
+def test_sampler_step_uses_the_per_pixel_clip():
+    """First DDIM step of two with an x0 prediction far out of range: y = sqrt(gp) x0c + sqrt(1 - gp) eps,
+    eps = (y_T - sqrt(g) x0c) / sqrt(1 - g), with x0c the per-pixel clip."""
+    d = Diffusion(DiffusionConfig(prediction="x0", target="residual", residual_scale=4.0))
+    bic = np.linspace(-0.9, 0.9, 3 * 8 * 8, dtype=np.float32).reshape(1, 3, 8, 8)
+    seen = {}
+    sample(lambda x, nl: np.full_like(x[:, 3:], 7.0), d, bic, SamplerConfig("ddim", 2), seeds=[9],
+           on_step=lambda k, y, pred: seen.setdefault(k, y.copy()))
+    (g, _), (gp, _) = d.schedule.respaced(2)
+    y_t = np.random.default_rng(9).standard_normal((3, 8, 8), dtype=np.float32)[None]
+    x0c = np.minimum(7.0, (1 - bic) * 4.0)
+    eps = (y_t - math.sqrt(g) * x0c) / math.sqrt(1 - g)
+    assert np.allclose(seen[0], math.sqrt(gp) * x0c + math.sqrt(1 - gp) * eps, atol=1e-5)
+
+
+def test_sqrt_one_minus_gamma_is_exact_near_gamma_one():
+    """At gamma = 1 - 1e-6, sqrt(1 - gamma) from a float32 sqrt(gamma) is off by percents; the sampler takes it
+    from gamma in float64. A v-prediction's x0 = sqrt(g) y - sqrt(1 - g) v shows which one it used."""
+    d = Diffusion(DiffusionConfig(prediction="v", target="residual", residual_scale=10.0,
+                                  schedule=ScheduleConfig(timesteps=1, beta_start=1e-6, beta_end=1e-6)))
+    bic = np.zeros((1, 3, 8, 8), np.float32)
+    out = sample(lambda x, nl: np.full_like(x[:, 3:], 50.0), d, bic, SamplerConfig("ddim", 1, clip=False), seeds=[2])
+    y_t = np.random.default_rng(2).standard_normal((3, 8, 8), dtype=np.float32)[None].astype(np.float64)
+    exact = (math.sqrt(1 - 1e-6) * y_t - 1e-3 * 50.0) / 10.0
+    assert np.allclose(out, exact, atol=2e-6)
+    sg32 = np.float32(math.sqrt(1 - 1e-6))
+    assert abs(float(np.sqrt(1 - sg32.astype(np.float64) ** 2)) - 1e-3) > 1e-5  # the old way was off
+
+
 @pytest.mark.parametrize("k", [0, -1, 2001])
 def test_steps_out_of_range(k):
     with pytest.raises(UserError):
