@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from models.errors import UserError
 from models.imaging import MIN_SIDE, SCALE, bicubic_down, bicubic_up, to_float, to_rgb
+from search.degrade import BLUR_MARGIN, DegradeConfig, degrade, jpeg
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Every suitable image inside scikit-image's wheel, split by image (the two motorcycle views stay together):
@@ -143,6 +144,22 @@ def crop(pair: Pair, y: int, x: int, size: int) -> tuple[np.ndarray, np.ndarray,
     return pair.lr[:, ly: ly + ls, lx: lx + ls], bic, pair.hr[:, y: y + size, x: x + size]
 
 
+def degraded_crop(pair: Pair, y: int, x: int, size: int, cfg: DegradeConfig,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lr, bicubic, hr) like `crop`, with the LR made from the HR around the crop by a random degradation
+    (the margin keeps the blur and the bicubic upsample free of edge effects inside the crop)."""
+    m = SCALE * (MARGIN + BLUR_MARGIN)
+    y0, x0 = max(y - m, 0), max(x - m, 0)
+    y1, x1 = min(y + size + m, pair.hr.shape[1]), min(x + size + m, pair.hr.shape[2])
+    hr = pair.hr[:, y0:y1, x0:x1]
+    return crop(Pair(pair.name, hr, degrade(hr, cfg, rng)), y - y0, x - x0, size)
+
+
+def jpeg_pairs(pairs: list[Pair], quality: int) -> list[Pair]:
+    """The same pairs with each whole LR image JPEG-compressed at `quality`: how photos usually arrive."""
+    return [Pair(p.name, p.hr, jpeg(p.lr, quality)) for p in pairs]
+
+
 def _augment(arrs: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     k, flip = int(rng.integers(4)), bool(rng.integers(2))
     out = []
@@ -153,13 +170,15 @@ def _augment(arrs: tuple[np.ndarray, ...], rng: np.random.Generator) -> tuple[np
 
 
 class CropSampler:
-    """Random HR crops with their LR and bicubic, flipped and rotated; state is JSON-serialisable."""
+    """Random HR crops with their LR and bicubic, flipped and rotated; state is JSON-serialisable. With a
+    degradation, each crop's LR is degraded afresh (the pair's own LR is not used)."""
 
-    def __init__(self, pairs: list[Pair], size: int = 128, seed: int = 0, augment: bool = True):
+    def __init__(self, pairs: list[Pair], size: int = 128, seed: int = 0, augment: bool = True,
+                 degradation: DegradeConfig | None = None):
         usable = [p for p in pairs if min(p.hr.shape[1:]) >= size]
         if not usable:
             raise DataError(f"no image is at least {size} px on each side")
-        self.pairs, self.size, self.augment = usable, size, augment
+        self.pairs, self.size, self.augment, self.degradation = usable, size, augment, degradation
         self.rng = np.random.default_rng(seed)
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +189,10 @@ class CropSampler:
         p = self.pairs[int(self.rng.integers(len(self.pairs)))]
         y = 2 * int(self.rng.integers((p.hr.shape[1] - self.size) // 2 + 1))
         x = 2 * int(self.rng.integers((p.hr.shape[2] - self.size) // 2 + 1))
-        arrs = crop(p, y, x, self.size)
+        if self.degradation is None:
+            arrs = crop(p, y, x, self.size)
+        else:
+            arrs = degraded_crop(p, y, x, self.size, self.degradation, self.rng)
         return _augment(arrs, self.rng) if self.augment else arrs
 
     def state(self) -> dict:

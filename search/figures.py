@@ -138,3 +138,27 @@ def _alpha_plot(run_dir: Path) -> Path:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def val_curve_plot(runs: dict[str, Path], path: Path) -> Path:
+    """Each training run's validation gain over bicubic (val_log.csv) and its training loss (train_log.csv,
+    a running mean) against the step: whether the curve has flattened is a question for the eye."""
+    fig, (gain, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, run_dir in runs.items():
+        gain.plot(*_series(_read_csv(Path(run_dir) / "val_log.csv"), "gain_db"), marker="o", ms=3, label=label)
+        steps, values = _series(_read_csv(Path(run_dir) / "train_log.csv"), "loss")
+        w = max(1, min(100, len(values) // 5))
+        if values:
+            loss.plot(steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid"), lw=0.8, label=label)
+    gain.set_title("val: PSNR(Y) gain over bicubic, DDIM 1 step (EMA weights)")
+    gain.set_ylabel("dB")
+    loss.set_title("training loss (running mean of up to 100 steps)")
+    for ax in (gain, loss):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -24,6 +24,7 @@ from models.errors import UserError
 from models.unet import UNet
 from search import distributed
 from search.data import CropSampler, load_pairs
+from search.degrade import DegradeConfig
 
 STATE_TENSORS, STATE_JSON = "train_state.safetensors", "train_state.json"
 
@@ -46,20 +47,26 @@ class TrainConfig:
     threads: int = 0  # 0: torch's default
     device: str = "cpu"  # or "cuda" (under torchrun: each rank takes the GPU of its LOCAL_RANK)
     init_model: str | None = None  # fine-tune: start from this model folder (its network and weights)
+    fresh_weights: bool = False  # with init_model: its architecture and diffusion only, weights initialised anew
     teacher: str | None = None  # knowledge distillation: a model folder with the same diffusion config
     distill: float = 0.0  # weight of the distance to the teacher's output
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     unet_overrides: dict[str, Any] = field(default_factory=dict)
+    degradation: DegradeConfig | None = None  # real-photo training: blur, noise and JPEG before the x2 downsample
+    val_every: int = 0  # score the EMA weights on the val split every this many steps (0: never); val_log.csv
+    val_crops: int = 4  # val crops per image for that curve
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["diffusion"] = self.diffusion.to_dict()
+        d["degradation"] = self.degradation.to_dict() if self.degradation else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         d["diffusion"] = DiffusionConfig(**d.get("diffusion", {}))
+        d["degradation"] = DegradeConfig.from_dict(d.get("degradation"))
         return cls(**d)
 
     def unet_config(self) -> UNetConfig:
@@ -124,7 +131,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.weight_parameters(), lr=cfg.lr, weight_decay=0.0)
         self.diffusion = Diffusion(cfg.diffusion)
         self.teacher = load_teacher(cfg, self.device)
-        self.data = CropSampler(self.train_pairs(), cfg.patch, seed=self.rank_seed(0))
+        self.data = CropSampler(self.train_pairs(), cfg.patch, seed=self.rank_seed(0), degradation=cfg.degradation)
         self.gen = torch.Generator().manual_seed(self.rank_seed(1))
         self.step = 0
         # Under torchrun every forward/backward goes through DDP, which averages gradients across ranks.
@@ -147,6 +154,8 @@ class Trainer:
             bundle = load_model(self.cfg.init_model)
             self.cfg.diffusion = bundle.diffusion.cfg
             self.inherited = {k: bundle.meta[k] for k in ("arch",) if k in bundle.meta}  # a searched subnet's record
+            if self.cfg.fresh_weights:  # seeded above: the same fresh weights on every rank
+                return UNet(bundle.net.cfg).train(), bundle.preset
             return bundle.net.train(), bundle.preset
         return UNet(self.cfg.unet_config()), self.cfg.preset
 
@@ -210,6 +219,9 @@ class Trainer:
                 writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 bar.update(1)
+                if self.cfg.val_every and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.iters):
+                    f.flush()  # the plot beside the curve reads the training log too
+                    self.log_val()
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.iters:
                     f.flush()
                     self.save()
@@ -219,6 +231,27 @@ class Trainer:
         out = self.export_model() if self.is_main else self.run_dir / "model"
         distributed.barrier()
         return out
+
+    def log_val(self) -> None:
+        """One row of the validation curve (val_log.csv, drawn in val.png): the EMA weights at the served
+        setting, DDIM 1 step."""
+        if not self.is_main:
+            return
+        from search.evaluate import val_curve_row
+
+        if not hasattr(self, "_val"):
+            self._val = val_crops(self.cfg)
+        row = {"step": self.step, **val_curve_row(self.ema.module, self.diffusion, *self._val)}
+        path = self.run_dir / "val_log.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        from search.figures import val_curve_plot
+
+        val_curve_plot({self.run_dir.name: self.run_dir}, self.run_dir / "val.png")
 
     def check_ranks_agree(self) -> None:
         """All ranks must end with identical weights (and alphas); rank 0 records the digests."""
@@ -284,6 +317,19 @@ class Trainer:
         bundle = ModelBundle(self.ema.module, self.diffusion, self.preset,
                              meta={**getattr(self, "inherited", {}), "train": self.cfg.to_dict(), "train_steps": self.step})
         return save_model(bundle, out_dir or self.run_dir / "model")
+
+
+def val_crops(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(lr, bicubic, hr) val crops for the training curve; a degraded run is scored on JPEG (quality 75) LR."""
+    from models.imaging import to_uint8
+    from search.data import eval_crops, jpeg_pairs
+    from search.degrade import VAL_JPEG_QUALITY
+
+    pairs = load_pairs(cfg.data, "val", cfg.lr_dir)
+    if cfg.degradation is not None:
+        pairs = jpeg_pairs(pairs, VAL_JPEG_QUALITY)
+    crops = eval_crops(pairs, per_image=cfg.val_crops)
+    return np.stack([c[1] for c in crops]), np.stack([c[2] for c in crops]), [to_uint8(c[3]) for c in crops]
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

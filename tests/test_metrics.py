@@ -35,3 +35,29 @@ def test_ssim_bounds():
     a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     assert ssim_y(a, a) == pytest.approx(1.0)
     assert ssim_y(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), a) < 0.2
+
+
+def test_consistency_closed_form():
+    """Zero for an output whose x2 bicubic downsample is the LR input; a uniform shift of d (in [-1, 1] units)
+    gives (d / 2)^2, since the bicubic kernel sums to one."""
+    from models.imaging import bicubic_down
+    from search.metrics import consistency
+
+    hr = np.random.default_rng(0).uniform(-0.8, 0.8, (3, 32, 32)).astype(np.float32)
+    lr = bicubic_down(hr)
+    assert consistency(hr, lr) == pytest.approx(0.0, abs=1e-12)
+    assert consistency(hr + 0.1, lr) == pytest.approx(0.05 ** 2, rel=1e-4)
+
+
+def test_high_frequency_ratio_orders_blur_and_noise():
+    from scipy.ndimage import gaussian_filter
+
+    from search.metrics import hf_ratio
+
+    rng = np.random.default_rng(1)
+    hr = (gaussian_filter(rng.uniform(0, 255, (64, 64)), 1.2)[..., None] * np.ones(3)).clip(0, 255).astype(np.uint8)
+    blurred = np.stack([gaussian_filter(hr[..., c].astype(float), 2.0) for c in range(3)], -1).round().astype(np.uint8)
+    noisy = (hr + rng.normal(0, 12, hr.shape)).clip(0, 255).round().astype(np.uint8)
+    assert hf_ratio(hr, hr) == pytest.approx(1.0)
+    assert hf_ratio(blurred, hr) < 0.2
+    assert hf_ratio(noisy, hr) > 1.2

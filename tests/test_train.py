@@ -99,3 +99,25 @@ def test_training_on_a_gpu_matches_the_cpu_loss_scale(tmp_path):
     assert next(t.net.parameters()).is_cuda
     bundle = load_model(t.run(progress=False))
     assert not next(bundle.net.parameters()).is_cuda
+
+
+def test_fresh_weights_keep_the_architecture_and_reinitialise(tmp_path):
+    src = Trainer(TrainConfig(iters=2, **SMALL), tmp_path / "src").run(progress=False)
+    t = Trainer(TrainConfig(iters=1, init_model=str(src), fresh_weights=True, **SMALL), tmp_path / "fresh")
+    old = load_model(src).net.state_dict()
+    assert t.net.cfg == load_model(src).net.cfg
+    assert not torch.equal(t.net.state_dict()["stem.weight"], old["stem.weight"])
+    kept = Trainer(TrainConfig(iters=1, init_model=str(src), **SMALL), tmp_path / "kept")
+    assert torch.equal(kept.net.state_dict()["stem.weight"], old["stem.weight"])
+
+
+def test_validation_curve_is_logged(tmp_path):
+    from search.degrade import DegradeConfig
+
+    cfg = TrainConfig(iters=4, val_every=2, val_crops=1, degradation=DegradeConfig(), **SMALL)
+    Trainer(cfg, tmp_path / "run").run(progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "val_log.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert all(10 < float(r["psnr_y"]) < 60 and 0 < float(r["hf_ratio"]) for r in rows)
+    assert TrainConfig.from_dict(cfg.to_dict()).degradation == cfg.degradation
+    assert (tmp_path / "run" / "val.png").stat().st_size > 5000
