@@ -19,7 +19,7 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(PIP) -e ".[train,test]"
 
-# Main job: import the shipped default model into the BentoML model store, start `bentoml serve` on
+# Main job: import the shipped models into the BentoML model store, start `bentoml serve` on
 # 127.0.0.1, wait for /readyz, POST the bundled sample to /upscale, save upscaled.png, stop the server.
 demo: install
 	$(BIN)/python -m serving.demo --image $(SAMPLE) -o upscaled.png

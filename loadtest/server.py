@@ -34,15 +34,15 @@ def rss_bytes(pid: int) -> int:
 
 
 def prepare_store(env: dict, model_dir: Path | None = None) -> dict:
-    """Put a model folder (default: the shipped model) into the BentoML store the server reads;
-    returns the environment that makes the service serve it."""
+    """Put a model folder (default: every shipped model) into the BentoML store the server reads;
+    returns the environment that makes the service serve it (a folder alone, as its default model)."""
     srnas = Path(sys.executable).with_name("srnas")
     cmd = [str(srnas) if srnas.exists() else "srnas", "store-import"]
     extra = {}
     if model_dir is not None:
         name = "srnas-" + re.sub(r"[^a-z0-9]+", "-", Path(model_dir).resolve().name.lower()).strip("-")
         cmd += ["--model", str(model_dir), "--name", name]
-        extra["SRNAS_MODEL_TAG"] = name
+        extra["SRNAS_MODELS"] = f"default={name}"
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"srnas store-import failed: {r.stderr.strip() or r.stdout.strip()}")

@@ -13,7 +13,12 @@ from models.diffusion import Diffusion, DiffusionConfig
 from models.errors import UserError
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "default"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The models the product ships, by the name a request (`model=`) or `srnas upscale --model` gives them; the
+# serving side maps each name to its BentoML store tag (serving/config.py). `real` is for real photos (JPEG
+# artefacts, slight blur); a name whose folder is absent is not part of this installation.
+SHIPPED_MODELS = {"default": WEIGHTS_DIR / "default", "real": WEIGHTS_DIR / "real"}
+DEFAULT_MODEL_DIR = SHIPPED_MODELS["default"]
 DEFAULT_SAMPLING = {"steps": 20, "sampler": "ddim", "eta": 0.0}
 
 
@@ -53,6 +58,26 @@ def model_folder(model_dir: str | Path | None) -> Path:
     path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder (expected {CONFIG} and {WEIGHTS})")
+    return path
+
+
+def shipped_or_folder(name_or_dir: str | Path | None) -> Path:
+    """A shipped model's name (`default`, `real`) or a model folder, as a folder that holds its weights (the
+    shipped default when None). A shipped name wins over a folder of the same name in the working directory:
+    `./real` names the folder."""
+    if name_or_dir is None:
+        return DEFAULT_MODEL_DIR
+    text = str(name_or_dir)
+    if text in SHIPPED_MODELS:
+        path = SHIPPED_MODELS[text]
+        if not (path / WEIGHTS).is_file():
+            raise CheckpointError(f"shipped model {text!r} is not in this installation ({path} has no {WEIGHTS})")
+        return path
+    path = Path(text)
+    if not path.is_dir():
+        raise CheckpointError(f"{text}: not a model folder, nor a shipped model's name ({', '.join(SHIPPED_MODELS)})")
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path}: a model folder without weights (expected {CONFIG} and {WEIGHTS})")
     return path
 
 

@@ -7,6 +7,9 @@ work queued ahead of it, and one that could not finish even on an idle worker ge
 of waiting in a queue until a latency bound drops it. Admitted work that is abandoned (the client went
 away, or the deadline passed) is marked cancelled: its queued tiles are skipped and the batch running it
 stops at the next denoising step once no live request is left in it (serving/tiles.py).
+
+Where several models are served, a request's work is charged at its own model's step time: the tiles of
+different models never share a network call (serving/tiles.py), so a slower model's queue costs its own speed.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from models.upscaler import _starts
 
@@ -38,6 +42,7 @@ class Work:
     cancelled: bool = False
     estimate_s: float = 0.0  # when the step model expected the answer, from admission on (without the lag)
     admitted_at: float = 0.0
+    model: str | None = None  # the served model that runs it (None: the clock's base model)
 
     @property
     def total(self) -> int:
@@ -53,13 +58,17 @@ class StepClock:
     how much slower steps run now (`factor`, an exponential average of observed / base), so that estimates
     follow CPU contention, from other workers or other programs on the machine. A factor with no fresh
     observation (`stale`) is refreshed by one small timed step before it is trusted: a worker that refuses
-    everything runs nothing, and must not keep refusing (or admitting) on a speed of minutes ago."""
+    everything runs nothing, and must not keep refusing (or admitting) on a speed of minutes ago.
+
+    `models` holds each served model's own idle seconds per step (`base` is for work that names no model); the
+    one factor covers them all, since contention slows every model on the machine alike."""
 
     def __init__(self, base: dict[int, float], alpha: float = 0.2, factor: float = 1.0,
-                 fresh_s: float = 2.0) -> None:
-        if not base:
-            raise ValueError("StepClock needs at least one measured batch size")
+                 fresh_s: float = 2.0, models: dict[str, dict[int, float]] | None = None) -> None:
+        if not base or not all((models or {}).values()):
+            raise ValueError("StepClock needs at least one measured batch size per model")
         self.base = dict(sorted(base.items()))
+        self.models = {name: dict(sorted(b.items())) for name, b in (models or {}).items()}
         self.alpha, self.fresh_s, self.factor = alpha, fresh_s, factor
         self._at = time.monotonic()
         self._lock = threading.Lock()
@@ -68,9 +77,9 @@ class StepClock:
     def stale(self) -> bool:
         return time.monotonic() - self._at > self.fresh_s
 
-    def idle_step_s(self, batch: int) -> float:
+    def idle_step_s(self, batch: int, model: str | None = None) -> float:
         """Linear in the batch size between the measured sizes, extrapolated from the end ones."""
-        pts = list(self.base.items())
+        pts = list(self.models.get(model, self.base).items())
         if len(pts) == 1:
             return pts[0][1] * batch / pts[0][0]
         (b0, s0), (b1, s1) = pts[0], pts[-1]
@@ -80,12 +89,13 @@ class StepClock:
                 break
         return max(s0 + (s1 - s0) * (batch - b0) / (b1 - b0), 1e-6)
 
-    def step_s(self, batch: int) -> float:
-        return self.idle_step_s(batch) * self.factor
+    def step_s(self, batch: int, model: str | None = None) -> float:
+        return self.idle_step_s(batch, model) * self.factor
 
-    def observe(self, batch: int, seconds: float, weight: float | None = None) -> None:
-        """`weight` 1 replaces the factor (a calibration after idle time: the old value is no evidence)."""
-        ratio = min(max(seconds / self.idle_step_s(batch), 0.5), 50.0)  # one outlier must not swing it all
+    def observe(self, batch: int, seconds: float, weight: float | None = None, model: str | None = None) -> None:
+        """A step of `model` took `seconds`. `weight` 1 replaces the factor (a calibration after idle time: the
+        old value is no evidence)."""
+        ratio = min(max(seconds / self.idle_step_s(batch, model), 0.5), 50.0)  # one outlier must not swing it all
         a = self.alpha if weight is None else weight
         with self._lock:
             self.factor += a * (ratio - self.factor)
@@ -127,26 +137,39 @@ class Admission:
     def tiles(self) -> int:
         return sum(w.tiles for w in self.admitted)
 
-    def alone_s(self, tiles: int, steps: int, idle: bool = False) -> float:
+    def alone_s(self, tiles: int, steps: int, idle: bool = False, model: str | None = None) -> float:
         """Time to run one request's tiles on their own, in chunks of at most one batch."""
         step = self.clock.idle_step_s if idle else self.clock.step_s
         full, rest = divmod(tiles, self.max_batch)
-        return steps * (full * step(self.max_batch) + (step(rest) if rest else 0.0))
+        return steps * (full * step(self.max_batch, model) + (step(rest, model) if rest else 0.0))
+
+    def _by_model(self) -> dict[str | None, tuple[int, int]]:
+        """{model: (tile-steps not yet run of its live requests, tiles it holds)}: each model's tiles batch
+        only with each other."""
+        out: dict[str | None, tuple[int, int]] = {}
+        for w in self.admitted:
+            work, tiles = out.get(w.model, (0, 0))
+            out[w.model] = (work + (0 if w.cancelled else w.remaining), tiles + w.tiles)
+        return out
+
+    def _group_s(self, model: str | None, work: int, tiles: int) -> float:
+        """Time to run `work` tile-steps of one model, batched as its `tiles` in flight allow."""
+        if not work:
+            return 0.0
+        batch = max(1, min(self.max_batch, tiles))
+        return work * self.clock.step_s(batch, model) / batch
 
     def queue_s(self) -> float:
         """Time to run what is admitted and not yet done, batched as it would be."""
-        work = sum(w.remaining for w in self.admitted if not w.cancelled)
-        if not work:
-            return 0.0
-        batch = max(1, min(self.max_batch, self.tiles))
-        return work * self.clock.step_s(batch) / batch
+        return sum(self._group_s(m, work, tiles) for m, (work, tiles) in self._by_model().items())
 
-    def estimate_s(self, tiles: int, steps: int) -> float:
+    def estimate_s(self, tiles: int, steps: int, model: str | None = None) -> float:
         """When a new request would be answered: behind the queue, or its own time if that is longer."""
-        batch = max(1, min(self.max_batch, self.tiles + tiles))
-        queued = sum(w.remaining for w in self.admitted if not w.cancelled)
-        shared = (queued + tiles * steps) * self.clock.step_s(batch) / batch
-        return max(shared, self.alone_s(tiles, steps)) + self.lag_s
+        groups = self._by_model()
+        work, held = groups.get(model, (0, 0))
+        groups[model] = (work + tiles * steps, held + tiles)
+        shared = sum(self._group_s(m, w, t) for m, (w, t) in groups.items())
+        return max(shared, self.alone_s(tiles, steps, model=model)) + self.lag_s
 
     def saturated(self) -> bool:
         """Past the queue bound: even a one-tile, one-step request would be refused now."""
@@ -160,14 +183,14 @@ class Admission:
             return f"the work queued here would take about {queued:.1f} s, past the {budget:.0f} s budget"
         return None
 
-    def admit(self, tiles: int, steps: int) -> Decision:
+    def admit(self, tiles: int, steps: int, model: str | None = None) -> Decision:
         budget = self.headroom * self.deadline_s
-        idle = self.alone_s(tiles, steps, idle=True)
+        idle = self.alone_s(tiles, steps, idle=True, model=model)
         if idle > budget:
             return Decision(status=422, reason="over_deadline", message=(
                 f"{tiles} tiles x {steps} steps would take about {idle:.1f} s on an idle worker, over this "
                 f"server's {budget:.0f} s budget per request (SRNAS_DEADLINE_S={self.deadline_s:g}); "
-                + _smaller(max_steps_within(self, tiles, budget))))
+                + _smaller(max_steps_within(self, tiles, budget, model))))
         first_slot = self.queue_s() / max(self.requests, 1)  # about when the next request in flight is done
         if self.requests >= self.max_requests:
             return self._busy("requests", f"{self.requests} requests in flight (at most {self.max_requests})",
@@ -175,12 +198,12 @@ class Admission:
         if self.tiles + tiles > self.max_tiles and self.tiles:
             return self._busy("tiles", f"{self.tiles} tiles in flight, {tiles} more would pass {self.max_tiles}",
                               first_slot)
-        est = self.estimate_s(tiles, steps)
+        est = self.estimate_s(tiles, steps, model)
         if est > budget:
             return self._busy("queue", f"this request would finish in about {est:.1f} s behind the work "
                                        f"queued, past the {budget:.0f} s budget", est - budget)
         now = time.monotonic()
-        work = Work(tiles, steps, now + self.deadline_s, estimate_s=est - self.lag_s, admitted_at=now)
+        work = Work(tiles, steps, now + self.deadline_s, estimate_s=est - self.lag_s, admitted_at=now, model=model)
         self.admitted.append(work)
         return Decision(work=work)
 
@@ -193,11 +216,15 @@ class Admission:
         return Decision(status=503, reason=reason, retry_after_s=self.retry_after_s(wait_s),
                         message=f"over capacity: {why}")
 
-    def describe(self) -> dict[str, float | int]:
-        """This worker's admission state, for /info."""
+    def describe(self) -> dict[str, Any]:
+        """This worker's admission state, for /info (`idle_step_s`: the base model's; per model beside it)."""
+        def rounded(base: dict[int, float]) -> dict[str, float]:
+            return {str(b): round(s, 5) for b, s in base.items()}
+
         return {"requests": self.requests, "tiles": self.tiles, "queue_s": round(self.queue_s(), 3),
                 "slowdown": round(self.clock.factor, 3), "lag_s": round(self.lag_s, 3),
-                "idle_step_s": {str(b): round(s, 5) for b, s in self.clock.base.items()}}
+                "idle_step_s": rounded(self.clock.base),
+                "idle_step_s_by_model": {m: rounded(b) for m, b in self.clock.models.items()}}
 
     def release(self, work: Work, answered: bool = False) -> None:
         """`answered`: the request ran to its answer, so its time corrects the estimates that follow."""
@@ -212,7 +239,7 @@ def _smaller(steps: int) -> str:
     return f"ask for at most {steps} steps or send a smaller image" if steps else "send a smaller image"
 
 
-def max_steps_within(adm: Admission, tiles: int, budget: float) -> int:
+def max_steps_within(adm: Admission, tiles: int, budget: float, model: str | None = None) -> int:
     """The most steps a request of `tiles` tiles could take within `budget` seconds on an idle worker."""
-    one = adm.alone_s(tiles, 1, idle=True)
+    one = adm.alone_s(tiles, 1, idle=True, model=model)
     return max(0, int(budget // one)) if one > 0 else 0

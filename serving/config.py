@@ -7,15 +7,21 @@ with 2 threads gains nothing (its event loop competes with the runtime for the s
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from export.runtime import cpu_quota
 from models.errors import UserError
+from models.spec import SHIPPED_MODELS
 
 SERVICE_NAME = "srnas"
-DEFAULT_MODEL_TAG = "srnas-default"
 PREDICTIONS = ("auto", "table", "calibrated")
+# The one mapping of served model names (the `model` form field) to BentoML store tags, SRNAS_MODELS: the
+# shipped models under srnas-<name>. The first entry is what a request without `model` gets.
+DEFAULT_MODELS = ",".join(f"{name}={SERVICE_NAME}-{name}" for name in SHIPPED_MODELS)
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # short: it travels in every tile job
+STORE_TAG = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?(:[A-Za-z0-9._-]+)?")  # BentoML's name[:version]
 
 
 def _env(name: str, default: Any) -> Any:
@@ -30,6 +36,27 @@ def _env(name: str, default: Any) -> Any:
         raise UserError(f"{name} must be {type(default).__name__}, got {raw!r}") from None
 
 
+def parse_models(text: str) -> dict[str, str]:
+    """SRNAS_MODELS, "name=tag,name=tag", as {served name: store tag} in its order (the first is the default)."""
+    models: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, eq, tag = (x.strip() for x in item.partition("="))
+        if not eq or not MODEL_NAME.fullmatch(name) or not STORE_TAG.fullmatch(tag):
+            raise UserError(f"SRNAS_MODELS: {item!r} is not NAME=STORE_TAG (a lowercase name, a BentoML model tag), "
+                            f"e.g. {DEFAULT_MODELS}")
+        if name in models:
+            raise UserError(f"SRNAS_MODELS names {name!r} twice")
+        models[name] = tag
+    if not models:
+        raise UserError(f"SRNAS_MODELS lists no model; e.g. {DEFAULT_MODELS}")
+    return models
+
+
+def configured_models() -> dict[str, str]:
+    """{served name: store tag} as this environment configures them (SRNAS_MODELS, else the shipped ones)."""
+    return parse_models(_env("SRNAS_MODELS", DEFAULT_MODELS))
+
+
 @dataclass
 class Limits:
     """What one request may ask for; past these the answer is 4xx (413 for size)."""
@@ -37,15 +64,15 @@ class Limits:
     max_bytes: int = 16 * 2**20  # upload size
     max_pixels: int = 512 * 512  # LR pixels (the output has 4x as many)
     max_side: int = 4096  # LR px on either side
-    min_side: int = 8
-    max_steps: int = 100
+    min_side: int = 8  # LR px on the shorter side
+    max_steps: int = 100  # denoising steps a request may ask for
 
 
 @dataclass
 class ServeConfig:
-    model_tag: str = DEFAULT_MODEL_TAG
+    models: str = DEFAULT_MODELS  # SRNAS_MODELS: served name=store tag, comma-separated; the first is the default
     backend: str = "auto"  # auto: TensorRT engine when present, else ONNX Runtime; torch only by name
-    variant: str = "fp32"
+    variant: str = "fp32"  # fp32, int8 (model.int8.onnx), auto: the fastest recorded within the PSNR budget
     # ONNX Runtime's device: auto (the GPU where this ONNX Runtime build has CUDA or TensorRT), cpu, cuda
     device: str = "auto"
     trt_cache: str = ""  # TensorRT engine and timing caches (a volume): the first start builds, later ones load
@@ -63,7 +90,7 @@ class ServeConfig:
     max_inflight_requests: int = 16  # per worker; past it: 503 + Retry-After
     max_inflight_tiles: int = 256  # per worker
     retry_after_s: int = 2  # Retry-After while loading or draining (refusals by cost compute their own)
-    timeout_s: int = 300
+    timeout_s: int = 300  # BentoML's request timeout (s)
     upload_timeout_s: float = 30.0  # a request body not complete by then gets 408 (slow uploads)
     warmup_runs: int = 2  # network calls at start-up, before /readyz turns true
     # the per-step latency prediction published beside what is observed: "table" (the search's lookup table),
@@ -77,6 +104,15 @@ class ServeConfig:
     solo_direct: int = 1  # 1: a request alone in its worker skips the batch dispatcher (nothing to batch with)
     png_level: int = 1  # zlib level of the answer: 1 encodes ~2x faster than Pillow's 6 for ~10% more bytes
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def model_tags(self) -> dict[str, str]:
+        """{served name: BentoML store tag}, in the configured order."""
+        return parse_models(self.models)
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.model_tags))
 
     @property
     def dispatcher_latency_ms(self) -> int:
@@ -106,6 +142,7 @@ class ServeConfig:
                             f"(quota {quota})")
 
     def validate(self) -> None:
+        parse_models(self.models)  # a bad SRNAS_MODELS stops the start, saying why
         if self.max_latency_ms < 0:
             raise UserError("SRNAS_MAX_LATENCY_MS must be >= 0 (0: off)")
         if not 0 < self.deadline_s <= self.timeout_s:

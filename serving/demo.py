@@ -1,4 +1,4 @@
-"""`make demo`: store the shipped model, serve it, upscale the bundled sample over HTTP, stop the server."""
+"""`make demo`: store the shipped models, serve them, upscale the bundled sample over HTTP, stop the server."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from serving.launch import ROOT, serving
-from serving.store import import_model
+from serving.store import import_shipped
 
 SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
 
@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default=str(SAMPLE))
     p.add_argument("-o", "--output", default="upscaled.png")
     args = p.parse_args(argv)
-    tag, created = import_model(None, "srnas-default")
-    print(f"model store: {'stored' if created else 'already there:'} {tag}")
+    for name, folder, tag, created in import_shipped():
+        print(f"model store: {name}: " + (f"{'stored' if created else 'already there:'} {tag}" if tag else
+                                          f"{folder} is not in this installation"))
     with serving() as server:
         print(f"bentoml serve ready at {server.url}")
         t0 = time.perf_counter()
@@ -32,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output).write_bytes(r.content)
         info = httpx.get(server.url + "/info", timeout=30).json()
         print(f"POST /upscale {args.image} -> {args.output} ({len(r.content)} bytes, "
-              f"{time.perf_counter() - t0:.2f} s; {info['preset']} on {info['backend']['label']}, "
-              f"{info['defaults']['sampler']} {info['defaults']['steps']} steps)")
+              f"{time.perf_counter() - t0:.2f} s; model {info['default_model']!r}: {info['preset']} on "
+              f"{info['backend']['label']}, {info['defaults']['sampler']} {info['defaults']['steps']} steps; "
+              f"served: {', '.join(info['models'])})")
     print("server stopped")
     return 0
 

@@ -19,13 +19,15 @@ async def json_error(request, exc: StarletteHTTPException) -> JSONResponse:
     return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
-@app.get("/info", summary="The served model: preset, arch, params, FLOPs, backend, defaults, step latency")
+@app.get("/info", summary="The served models (preset, arch, params, FLOPs, backend, defaults, prediction), limits "
+                           "and step latency")
 def info() -> Any:
     svc = bentoml.get_current_service()
     served = getattr(svc, "served", None)
     if served is None:
         return JSONResponse({"error": "model is still loading"}, status_code=503)
-    body = served.describe()
+    body = served.describe()  # the default model at the top level, as when one model was served
+    body.update(svc.models_info())  # every served model by name, and which one is the default
     body["limits"] = svc.limits_info()
     body["step_latency"] = step_latency_summary()  # observed so far, all workers, beside the prediction
     return body

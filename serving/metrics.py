@@ -32,7 +32,8 @@ REQUESTED_STEPS = Histogram("sr_requested_steps", "Denoising steps asked for per
                             buckets=COUNT_BUCKETS)
 INFLIGHT = Gauge("sr_inflight_requests", "/upscale requests being processed (HPA custom metric)",
                  multiprocess_mode="livesum")
-TILE_STEPS = Counter("sr_tile_steps", "Tile-steps run by the network (a batch of b tiles counts b per step)")
+TILE_STEPS = Counter("sr_tile_steps", "Tile-steps run by the network (a batch of b tiles counts b per step), by "
+                     "served model", ["model"])
 REFUSED = Counter("sr_refused_requests", "Requests refused at admission, by reason (shed: before the body was "
                   "read; requests, tiles, queue: 503; over_deadline: 422)", ["reason"])
 ABANDONED = Counter("sr_abandoned_requests", "Admitted requests cancelled before their answer (disconnect, deadline)",

@@ -1,19 +1,20 @@
-"""The served model: load it, pick the runtime, warm up, and describe it for /info and the gauges."""
+"""The served models: load each, pick the runtime, warm up, and describe them for /info and the gauges."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from export.backends import ENGINE_FILE, BackendConfig, LoadedDenoiser, load_denoiser
+from export.backends import ENGINE_FILE, ONNX_FILES, BackendConfig, LoadedDenoiser, load_denoiser
 from export.record import network_facts, predicted_entries, predicted_entry, read_record
 from export.runtime import host_id
 from models.errors import UserError
-from models.spec import ModelSpec, read_spec
+from models.spec import WEIGHTS, ModelSpec, read_spec
 from serving import metrics
 from serving.config import ServeConfig
 from serving.prediction import resolve, shared, slowdown
@@ -32,6 +33,8 @@ class Served:
     loaded_in_s: float = 0.0
     step_s: dict[int, float] = field(default_factory=dict)  # batch size -> seconds per step measured at start
     slowdown: dict[int, float] = field(default_factory=lambda: {1: 1.0})  # workers in a call at once -> factor
+    name: str = "default"  # the served name (the `model` form field)
+    tag: str = ""  # the BentoML store tag it was loaded from, with its version
 
     def slowdown_at(self, load: int) -> float:
         return self.slowdown.get(load) or self.slowdown[max(self.slowdown)]
@@ -53,7 +56,8 @@ class Served:
     def describe(self) -> dict[str, Any]:
         d = self.bundle.defaults
         net = self.bundle.unet
-        return {"preset": self.bundle.preset, "path": str(self.bundle.path), "arch": net.arch or None,
+        return {"name": self.name, "tag": self.tag, "preset": self.bundle.preset, "path": str(self.bundle.path),
+                "arch": net.arch or None,
                 "unet": net.to_dict(), "params": self.params, "flops_per_step": self.flops_per_step,
                 "tile": [net.image_size, net.image_size],
                 "backend": {"name": self.denoiser.backend, "variant": self.denoiser.variant,
@@ -113,7 +117,41 @@ def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> dic
     return {b: min(call(b) for _ in range(2)) for b in sorted({1, max_batch})}
 
 
-def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
+def network_digest(model_dir: Path, loaded: LoadedDenoiser) -> str:
+    """The content of the network file the backend runs: two served models with the same network share the
+    start-up measurements that depend only on it, wherever their folders are."""
+    name = {"tensorrt": ENGINE_FILE, "torch": WEIGHTS}.get(loaded.backend, ONNX_FILES.get(loaded.variant, WEIGHTS))
+    path = model_dir / name if (model_dir / name).is_file() else model_dir / WEIGHTS
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_models(folders: Mapping[str, tuple[Path, str]], cfg: ServeConfig) -> dict[str, Served]:
+    """Every configured model ({name: (folder, store tag)}, the default first), one after another, each warmed
+    up on its own. The measurements that depend only on content (the calibration fit of a shared kit, the
+    slowdown curve of the same network) are made once and shared (`prediction.shared`)."""
+    served = {name: load_served(path, cfg, name, tag) for name, (path, tag) in folders.items()}
+    publish_predictions(served.values())
+    return served
+
+
+def publish_predictions(served: Iterable[Served]) -> None:
+    """The prediction gauges, by backend label and batch size: the first model of each label (the default
+    first) publishes its own. The gauge has no model label; the observed/predicted ratios stay exact all the
+    same, since every step adds its own model's prediction to sr_expected_step_seconds_total."""
+    seen: set[str] = set()
+    for s in served:
+        if s.denoiser.label in seen:
+            continue
+        seen.add(s.denoiser.label)
+        for b, seconds in s.predicted.items():
+            metrics.PREDICTED_STEP.labels(s.denoiser.label, str(b)).set(seconds)
+
+
+def load_served(model_dir: str | Path, cfg: ServeConfig, name: str = "default", tag: str = "") -> Served:
     t0 = time.perf_counter()
     bundle = read_spec(model_dir)
     size = bundle.unet.image_size
@@ -128,14 +166,13 @@ def load_served(model_dir: str | Path, cfg: ServeConfig) -> Served:
     predicted, source = resolve(bundle.path, entry, cfg, step_s)
     if unreadable:
         source["reason"] = unreadable
-    served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], predicted, source, step_s=step_s)
-    if predicted and cfg.workers > 1:
-        curve, _ = shared(["slowdown", str(bundle.path), loaded.label, cfg.threads, cfg.workers],
+    served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], predicted, source, step_s=step_s,
+                    name=name, tag=tag)
+    if predicted and cfg.workers > 1:  # keyed by the network's content, not its folder: see network_digest
+        curve, _ = shared(["slowdown", network_digest(bundle.path, loaded), loaded.label, cfg.threads, cfg.workers],
                           lambda: {str(k): v for k, v in slowdown(loaded.run, size, cfg.workers).items()})
         served.slowdown = {int(k): v for k, v in curve.items()}
         source["slowdown"] = {k: round(v, 3) for k, v in curve.items()}
-    for b, s in served.predicted.items():
-        metrics.PREDICTED_STEP.labels(loaded.label, str(b)).set(s)
     served.loaded_in_s = time.perf_counter() - t0
-    log.info("serving %s on %s (loaded in %.1f s)", bundle.path, loaded.label, served.loaded_in_s)
+    log.info("serving %s as %r on %s (loaded in %.1f s)", bundle.path, name, loaded.label, served.loaded_in_s)
     return served

@@ -72,16 +72,25 @@ def _calibrated(model_dir: Path | None, entry: dict[str, Any], cfg: ServeConfig
     return seconds, {"calibration_seconds": round(secs, 2), "calibration_cached": cached, "fit": cal.to_dict()}
 
 
+def kit_digest(model_dir: Path) -> bytes:
+    """The calibration kit's content (every file's name and bytes, kit.json with the tables' timings included):
+    the fit depends on nothing else, so models whose kits match share one fit, wherever their folders are."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in (Path(model_dir) / KIT_DIR).glob("*") if p.is_file()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.digest()
+
+
 def _shared_calibration(model_dir: Path, source: str, batches: list[int], cfg: ServeConfig
                         ) -> tuple[Calibration, float, bool]:
-    kit = Path(model_dir) / KIT_DIR / KIT_FILE
+    if not (Path(model_dir) / KIT_DIR / KIT_FILE).is_file():
+        raise KeyError(f"{Path(model_dir) / KIT_DIR / KIT_FILE} is missing")
 
     def compute() -> dict[str, Any]:
         cal, secs = calibrate_kit(model_dir, source, batches, cfg.threads, cfg.calibration_timeout_s)
         return {"fit": {str(b): s for b, s in cal.scales.items()}, "seconds": secs}  # unrounded: the same seconds
 
-    kept, cached = shared(["calibration", kit.read_bytes() if kit.is_file() else b"", source, cfg.threads, batches],
-                          compute)
+    kept, cached = shared(["calibration", kit_digest(model_dir), source, cfg.threads, batches], compute)
     return Calibration.from_dict(kept["fit"]), float(kept["seconds"]), cached
 
 

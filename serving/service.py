@@ -2,7 +2,8 @@
 
 /upscale validates the upload, cuts it into tiles and sends them, in chunks, to its own batchable
 /denoise_tiles API, so BentoML's adaptive batching combines tiles
-from concurrent requests; a batch is then grouped by (steps, sampler), one sampling loop per group.
+from concurrent requests; a batch is then grouped by (model, steps, sampler), one sampling loop per group.
+Every model that SRNAS_MODELS names is loaded in every worker; a request picks one with `model=`.
 The chunks go straight to BentoML's dispatcher for that API (serving/batching.py), and only references
 to the tiles travel: the tiles stay in this worker's `TileStore` (serving/tiles.py).
 Admission counts work (tiles x steps, serving/admission.py) and is decided from the image header, before
@@ -23,7 +24,7 @@ from typing import Annotated, Literal
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BentoMLException, NotFound
 from bentoml.validators import ContentType
 from pydantic import Field
 from starlette.responses import JSONResponse, Response
@@ -41,8 +42,8 @@ from serving.cancel import until_done_or_abandoned
 from serving.imageio import BadImage, decode, encode_png, probe
 from serving.info import app as info_app
 from serving.middleware import BodyLimit, RetryAfter
-from serving.model import Served, load_served
-from serving.tiles import JOB_JSON_BYTES, MAX_SEED, STORE, TileJob, run_jobs, timed
+from serving.model import Served, load_models
+from serving.tiles import JOB_JSON_BYTES, MAX_SEED, STORE, TileJob, TileModel, run_jobs, timed
 
 log = logging.getLogger("srnas.serving")
 CFG = ServeConfig.from_env()
@@ -51,6 +52,28 @@ Steps = Annotated[int | None, Field(default=None, ge=1, le=CFG.limits.max_steps,
                                     description="denoising steps (default: the model's)")]
 Sampler = Annotated[Literal["ddim", "ddpm"] | None, Field(default=None, description="default: the model's")]
 Seed = Annotated[int, Field(default=0, ge=0, le=MAX_SEED, strict=True, description="same seed, same bytes")]
+ModelName = Annotated[str | None, Field(default=None, max_length=64, description=(
+    f"served model: {', '.join(CFG.model_tags)} (default: {CFG.default_model})"))]
+
+
+def model_refs() -> dict[str, bentoml.models.BentoModel]:
+    """{served name: store reference}. A model missing from the store stops the start here, naming the model,
+    its tag and the import that puts it there (BentoML alone would only say that it found no cloud context);
+    as BentoML's NotFound, which its command line prints as one line."""
+    refs = {name: bentoml.models.BentoModel(tag) for name, tag in CFG.model_tags.items()}
+    missing = [f"{name} ({ref.tag})" for name, ref in refs.items() if ref.stored is None]
+    if missing:
+        raise NotFound(f"SRNAS_MODELS names models that are not in the BentoML model store: {', '.join(missing)}; "
+                       "import the shipped ones with `srnas store-import`, another folder with "
+                       "`srnas store-import --model DIR --name TAG`")
+    return refs
+
+
+MODEL_REFS = model_refs()
+# BentoML finds a service's models among its class attributes (that is how `bentoml build` packs them), so every
+# configured model gets one, on a base class of the service
+ServedModels = type("ServedModels", (), {f"model_ref_{i}": ref for i, ref in enumerate(MODEL_REFS.values())})
+REF_ATTRS = {name: f"model_ref_{i}" for i, name in enumerate(MODEL_REFS)}
 
 
 # only the public API drains and sheds: where BentoML's dispatcher is not found, in-flight requests send
@@ -77,17 +100,17 @@ def error(status: int, message: str, retry_after_s: int | None = None) -> JSONRe
 # BentoML closes the old one with calls still in flight (ServerDisconnectedError, ~10% of requests in a soak).
 @bentoml.service(name=SERVICE_NAME, workers=CFG.workers, threads=1, traffic={"timeout": CFG.timeout_s},
                  runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9})
-class SRNAS:
-    model_ref = bentoml.models.BentoModel(CFG.model_tag)
-
+class SRNAS(ServedModels):
     def __init__(self) -> None:
-        self.served: Served | None = None
+        self.models: dict[str, Served] = {}  # every configured model, the default first
+        self.served: Served | None = None  # the default model, set last: the worker is ready then
         self.load_error: str | None = None
         self.admission: Admission | None = None
         self._calibrating: asyncio.Future | None = None
         self.gate = threading.Lock() if CFG.cpu_gate else contextlib.nullcontext()
         self.board = BusyBoard.for_this_server(bentoml.server_context.worker_index)
-        self.model_dir = Path(self.model_ref.path)
+        # BentoML's stored models, resolved: their versions and folders
+        self.stored_models = {name: getattr(self, attr) for name, attr in REF_ATTRS.items()}
         self.denoise_batched = BatchedCall(self, "denoise_tiles")
         dead = metrics.reap_dead_workers()  # a worker that replaces a killed one clears its stale gauges
         if dead:
@@ -97,15 +120,19 @@ class SRNAS:
 
     def _load(self) -> None:
         try:
-            served = load_served(self.model_dir, CFG)
-            clock = StepClock(served.idle_step_s(), factor=served.contention())
+            models = load_models({name: (Path(m.path), str(m.tag)) for name, m in self.stored_models.items()}, CFG)
+            # each model charged at its own idle speed, all from the largest start-up contention, so that the
+            # first requests are not admitted on an idle machine's speed
+            default = models[CFG.default_model]
+            clock = StepClock(default.idle_step_s(), factor=max(s.contention() for s in models.values()),
+                              models={name: s.idle_step_s() for name, s in models.items()})
             self.admission = Admission(clock, CFG.max_batch_size, CFG.deadline_s, CFG.admit_headroom,
                                        CFG.max_inflight_requests, CFG.max_inflight_tiles)
-            self.served = served
+            self.models, self.served = models, default
             SHED.check = self._shed
-            tag = self.model_ref.tag  # inside the service, BentoML's stored model: its version is resolved
-            metrics.MODEL_INFO.labels(tag.name, tag.version or "", served.denoiser.label,
-                                      served.denoiser.provider).set(1)
+            for name, s in models.items():  # BentoML's stored models: their versions are resolved
+                tag = self.stored_models[name].tag
+                metrics.MODEL_INFO.labels(tag.name, tag.version or "", s.denoiser.label, s.denoiser.provider).set(1)
             metrics.WORKERS_READY.set(1)
         except Exception as exc:  # /livez turns false, so the orchestrator restarts us
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -149,13 +176,21 @@ class SRNAS:
                 # the worker that answered: the step speed it assumes now and the work it holds
                 "admission": self.admission.describe() if self.admission else None}
 
+    def models_info(self) -> dict:
+        """The served models for /info, by name, and which one a request without `model` gets."""
+        return {"default_model": CFG.default_model, "models": {name: s.describe() for name, s in self.models.items()}}
+
     @bentoml.api(route="/upscale")
     async def upscale(self, image: Path, steps: Steps = None, sampler: Sampler = None,
-                      seed: Seed = 0) -> Annotated[Path, ContentType("image/png")]:
+                      seed: Seed = 0, model: ModelName = None) -> Annotated[Path, ContentType("image/png")]:
         """x2 super-resolution of a PNG, JPEG or WebP image; returns a PNG twice the size."""
-        served, admission = self.served, self.admission
-        if served is None or admission is None:
+        admission = self.admission
+        if self.served is None or admission is None:
             return error(503, "model is loading")
+        name = model or CFG.default_model
+        served = self.models.get(name)
+        if served is None:
+            return error(400, f"unknown model {name!r}; choose from {', '.join(self.models)}")
         d = served.bundle.defaults
         cfg = SamplerConfig(sampler or d["sampler"], steps or d["steps"], d.get("eta", 0.0))
         try:
@@ -171,7 +206,7 @@ class SRNAS:
             return error(exc.status, str(exc))
         if admission.clock.stale:
             await self._calibrate(served)
-        decision = admission.admit(tile_count(width, height, CFG.overlap), cfg.steps)
+        decision = admission.admit(tile_count(width, height, CFG.overlap), cfg.steps, name)
         self._publish_saturation()
         if decision.work is None:
             metrics.REFUSED.labels(decision.reason).inc()
@@ -180,7 +215,7 @@ class SRNAS:
         metrics.INFLIGHT.inc()
         answer: Response | None = None
         try:
-            answer = await self._until_done_or_abandoned(work, self._upscale(data, cfg, seed, work))
+            answer = await self._until_done_or_abandoned(work, self._upscale(data, name, cfg, seed, work))
             return answer
         finally:
             admission.release(work, answered=answer is not None and answer.status_code == 200)
@@ -207,12 +242,12 @@ class SRNAS:
                 with self.gate:
                     t0 = time.perf_counter()
                     served.denoiser.run(x, level)
-                    self.admission.clock.observe(1, time.perf_counter() - t0, weight=1.0)
+                    self.admission.clock.observe(1, time.perf_counter() - t0, weight=1.0, model=served.name)
 
             self._calibrating = asyncio.ensure_future(anyio.to_thread.run_sync(step))
         await asyncio.shield(self._calibrating)
 
-    async def _upscale(self, data: bytes, cfg: SamplerConfig, seed: int, work: Work) -> Response:
+    async def _upscale(self, data: bytes, model: str, cfg: SamplerConfig, seed: int, work: Work) -> Response:
         try:
             tiles, plan = await self._cpu(decode_tiles, data)
         except BadImage as exc:
@@ -220,7 +255,7 @@ class SRNAS:
         metrics.REQUEST_TILES.observe(len(tiles))
         metrics.REQUESTED_STEPS.observe(cfg.steps)
         try:
-            sr = await self._denoise(tiles, cfg, seed, work)
+            sr = await self._denoise(tiles, model, cfg, seed, work)
         except BentoMLException as exc:
             if int(getattr(exc.error_code, "value", 500)) == 503:
                 return error(503, "over capacity: tile queue past its latency bound")
@@ -236,12 +271,13 @@ class SRNAS:
 
         return await anyio.to_thread.run_sync(gated)
 
-    async def _denoise(self, tiles: np.ndarray, cfg: SamplerConfig, seed: int, work: Work) -> np.ndarray:
+    async def _denoise(self, tiles: np.ndarray, model: str, cfg: SamplerConfig, seed: int, work: Work
+                       ) -> np.ndarray:
         """Send the tiles in chunks of at most one batch; BentoML batches chunks of all requests together."""
         now = time.time()
         refs = [STORE.put(t, work) for t in tiles]
         try:
-            jobs = [TileJob.of(r, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
+            jobs = [TileJob.of(r, model=model, steps=cfg.steps, sampler=cfg.sampler, seed=s, sent_at=now)
                     for r, s in zip(refs, tile_seeds(seed, len(tiles)))]
             n = CFG.max_batch_size
             if CFG.solo_direct and self.admission.requests == 1 and len(jobs) <= n:
@@ -262,25 +298,30 @@ class SRNAS:
         return self._run_tiles(jobs)
 
     def _run_tiles(self, jobs: list[TileJob]) -> list[bool]:
-        served = self.served
-        if served is None:
+        if self.served is None:
             raise bentoml.exceptions.ServiceUnavailable("model is loading")
         now = time.time()
         for job in jobs:
             metrics.QUEUE_WAIT.observe(min(max(now - job.sent_at, 0.0), CFG.timeout_s))
+        models = {name: TileModel(timed(s.denoiser.run, self._observer(s), self.gate, self.board.busy),
+                                  s.bundle.diffusion, s.bundle.defaults.get("eta", 0.0))
+                  for name, s in self.models.items()}
+        return run_jobs(jobs, models, CFG.limits.max_steps)
+
+    def _observer(self, served: Served):
+        """What every network call of `served` records: its metrics, and its time for the admission clock."""
         label, clock = served.denoiser.label, self.admission.clock
 
         def observe(batch: int, seconds: float, cpu_seconds: float, load: int) -> None:
             metrics.DENOISE_STEP.labels(label, str(batch)).observe(seconds)
             metrics.DENOISE_CPU.labels(label, str(batch)).inc(cpu_seconds)
-            if batch in served.predicted:  # the prediction at the load this step ran under
+            if batch in served.predicted:  # this model's prediction at the load this step ran under
                 metrics.EXPECTED_STEP.labels(label, str(batch)).inc(served.predicted[batch] * served.slowdown_at(load))
-            metrics.TILE_STEPS.inc(batch)
-            clock.observe(batch, seconds)
+            metrics.TILE_STEPS.labels(served.name).inc(batch)
+            clock.observe(batch, seconds, model=served.name)
             self._publish_saturation()  # the queue drains as steps run
 
-        return run_jobs(jobs, timed(served.denoiser.run, observe, self.gate, self.board.busy), served.bundle.diffusion,
-                        served.bundle.defaults.get("eta", 0.0), CFG.limits.max_steps)
+        return observe
 
 
 _body = CFG.limits.max_bytes + 64 * 1024  # the image plus the small form fields

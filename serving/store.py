@@ -1,4 +1,5 @@
-"""Put a model folder into the BentoML model store, where the service (and `bentoml build`) find it.
+"""Put a model folder into the BentoML model store, where the service (and `bentoml build`) find it; with no
+folder given, every shipped model this installation has, each under the tag the service looks for.
 
 A folder that carries its `model.onnx` and its network facts (deploy.json) is stored without torch; one
 that does not is exported here first, which needs the training install (torch)."""
@@ -10,8 +11,9 @@ from pathlib import Path
 
 from export.calibration import KIT_DIR
 from export.record import network_facts
-from models.spec import CONFIG, DEFAULT_MODEL_DIR, WEIGHTS, read_spec
+from models.spec import CONFIG, DEFAULT_MODEL_DIR, SHIPPED_MODELS, WEIGHTS, read_spec
 from models.errors import UserError
+from serving.config import DEFAULT_MODELS, configured_models, parse_models
 
 COPIED = (CONFIG, WEIGHTS, "deploy.json", "model.onnx", "model.int8.onnx", "model.plan")
 
@@ -66,6 +68,26 @@ def import_model(model_dir: str | Path | None, name: str, export_onnx: bool = Tr
     except ValueError as exc:  # an invalid model name
         raise UserError(f"cannot store {src} as {name!r}: {exc}") from None
     return str(stored.tag), True
+
+
+def shipped_tags() -> dict[str, str]:
+    """{shipped name: store name}: as SRNAS_MODELS maps it (so that `make serve` finds what it configures), else
+    the shipped default mapping; without a version (the store gives each import its own)."""
+    configured, default = configured_models(), parse_models(DEFAULT_MODELS)
+    return {name: configured.get(name, default[name]).split(":")[0] for name in SHIPPED_MODELS}
+
+
+def import_shipped(export_onnx: bool = True) -> list[tuple[str, Path, str | None, bool]]:
+    """Every shipped model folder that exists, each under its tag: [(name, folder, tag or None when the folder
+    is not in this installation, created)]."""
+    out = []
+    for name, tag in shipped_tags().items():
+        folder = SHIPPED_MODELS[name]
+        if (folder / CONFIG).is_file():
+            out.append((name, folder, *import_model(folder, tag, export_onnx)))
+        else:
+            out.append((name, folder, None, False))
+    return out
 
 
 def _export(src: Path, out: Path) -> None:

@@ -3,9 +3,10 @@
 The front and the batched denoiser run in the same worker process (BentoML's self-proxy is an in-process
 ASGI transport), so tiles never cross the self-call: the front parks each tile in this worker's
 `TileStore` and sends only its reference, and the denoiser writes the result back into the same slot.
-A job carries its own steps, sampler and seed, so one adaptive batch may mix requests; the batch is
-split into groups of equal (steps, sampler) and each group runs as one batched sampling loop. A tile's
-noise comes from its own seed, so its result does not depend on the other tiles in its batch.
+A job carries its own model, steps, sampler and seed, so one adaptive batch may mix requests; the batch is
+split into groups of equal (model, steps, sampler) and each group runs as one batched sampling loop, so the
+tiles of two models never share a network call. A tile's noise comes from its own seed, so its result does not
+depend on the other tiles in its batch.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import time
 from collections import defaultdict
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Mapping
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from models.diffusion import Diffusion
+from models.diffusion import Denoiser, Diffusion
 from models.sampler import SamplerConfig, sample
 from serving.admission import Work
+from serving.config import MODEL_NAME
 
 MAX_SEED = 2**63 - 1
 REF_PATTERN = r"^[0-9a-f]{32}$"
@@ -72,6 +74,7 @@ class TileJob(BaseModel):
     """A reference to one 128x128 tile held by this worker's front, and how to sample it."""
 
     ref: str = Field(pattern=REF_PATTERN)
+    model: str = Field(pattern=f"^{MODEL_NAME.pattern}$")  # the served model's name (SRNAS_MODELS)
     steps: int = Field(ge=1, le=100_000)  # the front enforces the configured maximum
     sampler: Literal["ddim", "ddpm"]
     seed: int = Field(ge=0, le=MAX_SEED)
@@ -112,21 +115,31 @@ def timed(denoiser, observe: StepObserver, gate: AbstractContextManager = nullco
     return run
 
 
-def run_jobs(jobs: list[TileJob], denoiser, diffusion: Diffusion, eta: float, max_steps: int) -> list[bool]:
-    """Sample every job's tile into its slot; jobs with the same (steps, sampler) share one batched loop.
-    A job whose request has gone (its slot dropped, or its work cancelled) is skipped and answered False;
-    a group whose requests have all gone stops at its next step."""
+@dataclass
+class TileModel:
+    """What sampling a tile of one served model needs: its network (one step) and its diffusion settings."""
+
+    denoiser: Denoiser
+    diffusion: Diffusion
+    eta: float = 0.0
+
+
+def run_jobs(jobs: list[TileJob], models: Mapping[str, TileModel], max_steps: int) -> list[bool]:
+    """Sample every job's tile into its slot; jobs with the same (model, steps, sampler) share one batched loop,
+    and no loop mixes models. A job whose request has gone (its slot dropped, or its work cancelled) is skipped
+    and answered False, and so is one naming a model not served here; a group whose requests have all gone
+    stops at its next step."""
     slots = [STORE.get(job.ref) for job in jobs]
-    groups: dict[tuple[int, str], list[int]] = defaultdict(list)
+    groups: dict[tuple[str, int, str], list[int]] = defaultdict(list)
     for i, (job, slot) in enumerate(zip(jobs, slots)):
-        if slot is not None and slot.live:
-            groups[(min(job.steps, max_steps), job.sampler)].append(i)
+        if slot is not None and slot.live and job.model in models:
+            groups[(job.model, min(job.steps, max_steps), job.sampler)].append(i)
     ran = [False] * len(jobs)
-    for (steps, sampler), idx in groups.items():
-        group = [slots[i] for i in idx]
+    for (name, steps, sampler), idx in groups.items():
+        group, model = [slots[i] for i in idx], models[name]
         bic = np.stack([s.tile for s in group])
         try:
-            sr = sample(_watched(denoiser, group), diffusion, bic, SamplerConfig(sampler, steps, eta),
+            sr = sample(_watched(model.denoiser, group), model.diffusion, bic, SamplerConfig(sampler, steps, model.eta),
                         [jobs[i].seed for i in idx])
         except Abandoned:
             continue

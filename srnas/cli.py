@@ -37,7 +37,7 @@ def _str_list(text: str) -> list[str]:
 
 # ---- train, finetune, search ----------------------------------------------------------------
 TRAIN_KEYS = ("preset", "iters", "batch", "patch", "lr", "ema_decay", "seed", "threads", "data", "lr_dir",
-              "checkpoint_every", "teacher", "distill", "device")
+              "checkpoint_every", "teacher", "distill", "device", "val_every")
 DIFFUSION_KEYS = ("prediction", "target", "residual_scale", "loss")
 
 
@@ -59,6 +59,7 @@ def _add_training_flags(p: argparse.ArgumentParser, out_default: str) -> None:
     p.add_argument("--residual-scale", type=float)
     p.add_argument("--loss", choices=["l1", "l2"])
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--val-every", type=int, help="score the EMA weights on val every N steps (val_log.csv; 0: never)")
     p.add_argument("--teacher", help="model folder to distil from (same diffusion config), e.g. the trained base")
     p.add_argument("--distill", type=float, help="weight of the distance to the teacher's output")
     p.add_argument("--out", default=out_default, help="run folder")
@@ -75,6 +76,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="continue training a model folder, e.g. an extracted subnet")
     p.add_argument("--model", required=True, help="model folder to start from (its network, weights, diffusion)")
+    p.add_argument("--fresh-weights", action="store_true",
+                   help="take only the folder's architecture and diffusion; train from newly initialised weights")
     _add_training_flags(p, "runs/finetune")
     p.set_defaults(func=cmd_train)
 
@@ -115,6 +118,8 @@ def _config_fields(args: argparse.Namespace) -> dict[str, Any]:
         bundle = load_model(args.model)  # fine-tuning keeps the model's diffusion unless flags change it
         diff = {**bundle.diffusion.cfg.to_dict(), **diff}
         base.update(init_model=str(args.model), preset=bundle.preset)
+        if args.fresh_weights:
+            base["fresh_weights"] = True
     base["diffusion"] = diff
     return base
 
@@ -457,6 +462,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samplers", type=_str_list, default=["ddim", "ddpm"])
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--crops", type=int, default=8, help="validation crops per image")
+    p.add_argument("--lr-jpeg", type=int, default=0, metavar="QUALITY",
+                   help="JPEG-compress each LR image at this quality (1-100) first, as photos arrive (0: off)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -483,14 +490,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             SamplerConfig(s, k, args.eta).validate(bundle.diffusion.schedule.T)
     if args.crops < 1 or args.batch < 1:
         raise UserError("--crops and --batch must be >= 1")
+    if not 0 <= args.lr_jpeg <= 100:
+        raise UserError("--lr-jpeg must be a JPEG quality in 1..100 (0: off)")
     cfg = EvalConfig(args.data, args.lr_dir, args.steps, args.samplers, args.crops, args.batch, args.seed, args.eta,
-                     split=args.split)
+                     split=args.split, lr_jpeg=args.lr_jpeg)
     report = evaluate(bundle, cfg, args.out, progress=not args.no_progress)
-    b = report["bicubic"]
-    print(f"{'':>12} {'PSNR(Y)':>8} {'SSIM(Y)':>8}   ({report['crops']} crops of {', '.join(report['images'])})")
-    print(f"{'bicubic':>12} {b['psnr_y']:8.3f} {b['ssim_y']:8.4f}")
-    for r in report["results"]:
-        print(f"{r['sampler'] + ' ' + str(r['steps']):>12} {r['psnr_y']:8.3f} {r['ssim_y']:8.4f}  {r['gain_db']:+.3f} dB")
+    from search.evaluate import quality_table
+
+    jpeg = f", LR as JPEG quality {args.lr_jpeg}" if args.lr_jpeg else ""
+    print(f"{report['crops']} {args.split} crops of {', '.join(report['images'])}{jpeg}; mean ± std over crops")
+    print(quality_table(report))
     print(f"wrote {args.out}/metrics.json, grid.png, trajectory.png")
     if args.choose_defaults:
         from models.checkpoint import CONFIG, read_json, write_json
@@ -514,7 +523,7 @@ def _add_upscale(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help="ddim or ddpm (default: the model's)")
     p.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--model", help="a shipped model's name (default, real) or a model folder (default: default)")
     p.add_argument("--batch", type=int, default=8, help="tiles per network call")
     p.add_argument("--overlap", type=int, default=16, help="HR pixels shared by neighbouring tiles")
     p.add_argument("--threads", type=int, default=0)
@@ -527,6 +536,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from models.checkpoint import load_model
     from models.sampler import SamplerConfig
     from models.eager import torch_denoiser
+    from models.spec import shipped_or_folder
     from models.upscaler import TileConfig, upscale
     from search.data import load_rgb
 
@@ -539,7 +549,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if args.batch < 1 or not 0 <= args.overlap < 128:
         raise UserError("--batch must be >= 1 and --overlap in 0..127")
     lr = load_rgb(args.input)
-    bundle = load_model(args.model)
+    bundle = load_model(shipped_or_folder(args.model))
     d = bundle.defaults
     cfg = SamplerConfig(d["sampler"] if args.sampler is None else args.sampler,
                         d["steps"] if args.steps is None else args.steps,
@@ -652,18 +662,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # ---- store-import (serving) ----------------------------------------------------------------
 def _add_store_import(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("store-import", help="put a model folder into the BentoML model store for `bentoml serve`")
-    p.add_argument("--model", help="model folder (default: the shipped model)")
-    p.add_argument("--name", default="srnas-default", help="store name (the service's SRNAS_MODEL_TAG)")
+    p = sub.add_parser("store-import", help="put the shipped models (or one model folder) into the BentoML model "
+                                            "store for `bentoml serve`")
+    p.add_argument("--model", help="model folder (default: every shipped model, each under its SRNAS_MODELS tag)")
+    p.add_argument("--name", help="store name of --model (default: the default model's, srnas-default)")
     p.add_argument("--no-onnx", action="store_true", help="do not pre-export model.onnx into the store")
     p.set_defaults(func=cmd_store_import)
 
 
 def cmd_store_import(args: argparse.Namespace) -> int:
-    from serving.store import import_model
+    from serving.store import import_model, import_shipped, shipped_tags
 
-    tag, created = import_model(args.model, args.name, export_onnx=not args.no_onnx)
-    print(f"{'stored' if created else 'already in the store:'} {tag}")
+    if args.model or args.name:  # one folder (the shipped default when only --name is given), as named
+        imported = [import_model(args.model, args.name or shipped_tags()["default"], export_onnx=not args.no_onnx)]
+    else:
+        imported = []
+        for name, folder, tag, created in import_shipped(export_onnx=not args.no_onnx):
+            if tag is None:  # not every installation has every shipped model; the service says so if it needs it
+                print(f"srnas store-import: shipped model {name!r} skipped: {folder} is not in this installation",
+                      file=sys.stderr)
+            else:
+                imported.append((tag, created))
+    for tag, created in imported:
+        print(f"{'stored' if created else 'already in the store:'} {tag}")
     return 0
 
 

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import subprocess
@@ -30,14 +31,54 @@ def run_srnas():
 
 
 @pytest.fixture(scope="session")
-def bento_home(tmp_path_factory) -> Path:
-    """A private BentoML home with the shipped model imported by the real `srnas store-import`; the
+def second_model_dir(tmp_path_factory) -> Path:
+    """A second model folder: a copy of the shipped default whose own defaults differ (2 DDPM steps), so that
+    which model answered shows in the bytes, on the same network (it shares the first one's start-up timings)."""
+    from models.spec import CONFIG, DEFAULT_MODEL_DIR
+
+    out = tmp_path_factory.mktemp("second") / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, out)
+    cfg = json.loads((out / CONFIG).read_text())
+    cfg["defaults"].update(steps=2, sampler="ddpm")
+    (out / CONFIG).write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def store_import(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real `srnas store-import` into the BentoML home `home`."""
+    return subprocess.run([*srnas_cmd(), "store-import", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600, env={**os.environ, "BENTOML_HOME": str(home)})
+
+
+@pytest.fixture(scope="session")
+def import_shipped(second_model_dir):
+    """`srnas store-import` of every shipped model into a BentoML home, as `make serve` does. A shipped model
+    whose folder this checkout does not have yet gets a stand-in (the second model folder) under its tag, so
+    that the service's default configuration, which names every shipped model, starts."""
+    from models.spec import SHIPPED_MODELS
+    from serving.store import shipped_tags
+
+    def run(home: Path) -> subprocess.CompletedProcess:
+        r = store_import(home)
+        assert r.returncode == 0, r.stderr
+        for name, tag in shipped_tags().items():
+            if (SHIPPED_MODELS[name] / "config.json").is_file():
+                assert f" {tag}:" in r.stdout, r.stdout  # imported by the command itself
+            else:
+                assert f"shipped model {name!r} skipped" in r.stderr, r.stderr
+                stand_in = store_import(home, "--model", second_model_dir, "--name", tag)
+                assert stand_in.returncode == 0, stand_in.stderr
+        return r
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def bento_home(tmp_path_factory, import_shipped) -> Path:
+    """A private BentoML home with the shipped models imported by the real `srnas store-import`; the
     serving tests start their servers from it (read-only), so the import runs once per session."""
     home = tmp_path_factory.mktemp("bentoml")
-    r = subprocess.run([*srnas_cmd(), "store-import"], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                       env={**os.environ, "BENTOML_HOME": str(home)})
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("stored srnas-default:")
+    assert import_shipped(home).stdout.startswith("stored srnas-default:")
     return home
 
 

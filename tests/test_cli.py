@@ -43,6 +43,24 @@ def test_upscale_default_model(run_srnas, photo, tmp_path):
     assert out.read_bytes() == again.read_bytes()  # a seed gives identical output
 
 
+@pytest.mark.parametrize("name", ["default", "real"])
+def test_upscale_takes_a_shipped_models_name(name, photo, tmp_path, capsys):
+    """`--model default` and `--model real` name the shipped folders; a shipped model this installation does not
+    have is one line and exit 2."""
+    from models.spec import SHIPPED_MODELS
+    from srnas.cli import main
+
+    out = tmp_path / "sr.png"
+    code = main(["upscale", str(photo), "-o", str(out), "--model", name, "--steps", "1"])
+    if (SHIPPED_MODELS[name] / "model.safetensors").is_file():
+        assert code == 0, capsys.readouterr().err
+        lr, sr = np.asarray(Image.open(photo)), np.asarray(Image.open(out))
+        assert sr.shape == (2 * lr.shape[0], 2 * lr.shape[1], 3)
+    else:
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and f"shipped model {name!r} is not in this installation" in err
+
+
 def test_train_and_evaluate_small(run_srnas, tmp_path):
     run = tmp_path / "run"
     proc = run_srnas("train", "--iters", "2", "--batch", "1", "--patch", "32", "--out", run, "--no-progress",
@@ -80,6 +98,9 @@ def _bad_cases(tmp_path, photo):
     corrupt.mkdir()
     (corrupt / "config.json").write_text("{}")
     (corrupt / "model.safetensors").write_bytes(b"\x00" * 64)
+    unweighted = tmp_path / "unweighted"
+    unweighted.mkdir()
+    (unweighted / "config.json").write_text("{}")
     out = str(tmp_path / "o.png")
     return {
         "missing file": (["upscale", tmp_path / "nope.png", "-o", out], "no such file"),
@@ -92,6 +113,10 @@ def _bad_cases(tmp_path, photo):
         "unknown sampler": (["upscale", photo, "-o", out, "--sampler", "euler"], "unknown sampler"),
         "corrupt checkpoint": (["upscale", photo, "-o", out, "--model", corrupt], "invalid model config"),
         "missing model": (["upscale", photo, "-o", out, "--model", tmp_path / "nomodel"], "not a model folder"),
+        "unknown model name": (["upscale", photo, "-o", out, "--model", "fancy"],
+                               "nor a shipped model's name (default, real)"),
+        "model folder without weights": (["upscale", photo, "-o", out, "--model", unweighted],
+                                         "without weights (expected config.json and model.safetensors)"),
         "bad output folder": (["upscale", photo, "-o", tmp_path / "no" / "x.png"], "does not exist"),
         "empty data folder": (["evaluate", "--data", empty, "--steps", "1"], "no images found"),
         "evaluate bad steps": (["evaluate", "--steps", "0"], "steps must be in 1..2000"),

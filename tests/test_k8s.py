@@ -213,19 +213,21 @@ def test_bad_rule_source_is_rejected_clearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_bento_builds_into_the_image_the_deployment_expects(tmp_path):
-    """`bentoml build` (own BENTOML_HOME) packs the service and the default model; its generated
+def test_bento_builds_into_the_image_the_deployment_expects(tmp_path, import_shipped):
+    """`bentoml build` (own BENTOML_HOME) packs the service and the shipped models; its generated
     Dockerfile runs as the uid the Deployment requires and exposes the port the probes use."""
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
     venv = Path(sys.executable).parent
-    for cmd in ([str(venv / "srnas"), "store-import"], [str(venv / "bentoml"), "build", "-o", "tag"]):
-        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import_shipped(tmp_path / "home")
+    r = subprocess.run([str(venv / "bentoml"), "build", "-o", "tag"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (bento,) = [p for p in (tmp_path / "home" / "bentos" / "srnas").iterdir() if p.name != "latest"]
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     build = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["bentoml"]["build"]
     assert info["service"] == build["service"]
-    assert [m["tag"].split(":")[0] for s in info["services"] for m in s["models"]] == ["srnas-default"]
+    assert sorted(m["tag"].split(":")[0] for s in info["services"] for m in s["models"]) == ["srnas-default",
+                                                                                             "srnas-real"]
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     pod = one("cpu", "Deployment")["spec"]["template"]["spec"]
     assert "FROM python:3.11-slim" in dockerfile and "USER bentoml" in dockerfile

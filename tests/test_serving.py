@@ -125,6 +125,7 @@ BAD = {
     "steps text": ("ok", {"steps": "many"}, 400),
     "steps huge": ("ok", {"steps": 10**9}, 400),
     "unknown sampler": ("ok", {"sampler": "euler"}, 400),
+    "unknown model": ("ok", {"model": "fancy"}, 400),
     "seed non-integer": ("ok", {"seed": "abc"}, 400),
     "seed float": ("ok", {"seed": 1.25}, 400),
     "seed negative": ("ok", {"seed": -1}, 400),
@@ -175,7 +176,7 @@ def test_unknown_and_repeated_fields_are_400_naming_the_allowed_ones(server):
     data = png(photo(16, 16))
     r = post(server, data, step=50)
     assert r.status_code == 400
-    assert "allowed fields: image, steps, sampler, seed" in r.json()["error"]
+    assert "allowed fields: image, steps, sampler, seed, model" in r.json()["error"]
     assert "unknown field 'step'" in json.dumps(r.json()["detail"])
     twice = httpx.post(server.url + "/upscale", files=[("image", ("a.png", data)), ("image", ("b.png", data))],
                        timeout=60)
@@ -239,6 +240,9 @@ def test_info_describes_the_served_model(server):
     observed = info["step_latency"]["onnxruntime-fp32"]["1"]
     assert observed["count"] >= 1 and 0 < observed["observed_s"] < 10
     assert "/store" not in info["path"] and "srnas-default" in info["path"]  # served from the model store
+    # the shipped models, the default among them and described at the top level as well
+    assert info["default_model"] == "default" and list(info["models"]) == ["default", "real"]
+    assert info["models"]["default"]["params"] == info["params"] and info["tag"].startswith("srnas-default:")
     from export.runtime import host_id
 
     src = info["prediction_source"]  # where the prediction was timed, beside where it is served
@@ -258,7 +262,7 @@ def test_openapi_lists_info_and_upscale(server):
     assert "/info" in spec["paths"] and "get" in spec["paths"]["/info"]
     assert "/upscale" in spec["paths"]
     form = json.dumps(spec["paths"]["/upscale"])
-    for field in ("image", "steps", "sampler", "seed"):
+    for field in ("image", "steps", "sampler", "seed", "model"):
         assert field in form
 
 
@@ -315,7 +319,7 @@ def test_streamed_body_over_the_limit_is_413(server):
 @pytest.mark.parametrize("ref, message", [("AAAA", "pattern"), ("0" * 32, "unknown tile reference")])
 def test_internal_tile_api_refuses_what_it_does_not_hold(server, ref, message):
     """/denoise_tiles takes references to tiles the front holds, never tiles from outside."""
-    job = {"ref": ref, "steps": 1, "sampler": "ddim", "seed": 0}
+    job = {"ref": ref, "model": "default", "steps": 1, "sampler": "ddim", "seed": 0}
     r = httpx.post(server.url + "/denoise_tiles", json={"jobs": [job]}, timeout=30)
     assert r.status_code == 400 and message in json.dumps(r.json())
     assert httpx.get(server.url + "/livez").status_code == 200

@@ -118,3 +118,34 @@ def test_answers_later_than_estimated_raise_later_estimates(monkeypatch):
     w = a.admit(1, 10).work
     a.release(w)  # cancelled or refused later: says nothing about the estimate
     assert a.lag_s == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_slower_models_tiles_are_charged_at_its_own_step_time():
+    """Two served models: a request is estimated at its own model's speed, and so is the queue it joins; one
+    factor follows contention for both. Requests of one model cost what they did when one model was served."""
+    fast, slow = {1: 0.010, 16: 0.080}, {1: 0.030, 16: 0.240}
+    two = Admission(StepClock(fast, models={"default": fast, "real": slow}), 16, 30.0, headroom=1.0)
+    assert two.estimate_s(4, 10, "real") == pytest.approx(3 * two.estimate_s(4, 10, "default"))
+    assert two.admit(4, 10, "real").work.model == "real"
+    assert two.queue_s() == pytest.approx(10 * two.clock.step_s(4, "real"))  # 4 tiles x 10 steps, batch 4
+    # a default request behind it waits for the real tiles at their speed, then runs at its own
+    assert two.estimate_s(4, 10, "default") == pytest.approx(10 * two.clock.step_s(4, "real")
+                                                             + 10 * two.clock.step_s(4, "default"))
+    two.clock.observe(1, 0.060, weight=1.0, model="real")  # a real step at twice its idle time: the machine is busy
+    assert two.clock.step_s(1, "default") == pytest.approx(0.020)
+    same = Admission(StepClock(fast, models={"default": fast, "real": fast}), 16, 30.0, headroom=1.0)
+    one = Admission(StepClock(fast), 16, 30.0, headroom=1.0)
+    same.admit(5, 7, "real")
+    one.admit(5, 7)
+    assert same.queue_s() == pytest.approx(one.queue_s())
+    assert same.estimate_s(3, 2, "real") == pytest.approx(one.estimate_s(3, 2))
+    # the other model's tiles never share a network call with these, so they are not batched with them either
+    assert same.estimate_s(3, 2, "default") > one.estimate_s(3, 2)
+
+
+def test_a_model_too_slow_for_the_deadline_is_422_with_its_own_advice():
+    fast, slow = {1: 0.010, 16: 0.080}, {1: 0.100, 16: 0.800}
+    adm = Admission(StepClock(fast, models={"default": fast, "real": slow}), 16, 10.0, headroom=1.0)
+    assert adm.admit(16, 100, "default").work is not None
+    d = adm.admit(16, 100, "real")  # 80 s on an idle worker at the slow model's speed
+    assert d.status == 422 and "at most 12 steps" in d.message

@@ -40,6 +40,19 @@ def test_from_env(monkeypatch):
     assert (cfg.workers, cfg.threads) == (1, 1)
 
 
+def test_served_models_and_their_store_tags_come_from_one_variable(monkeypatch):
+    """SRNAS_MODELS maps served names to store tags, in order (the first is the default); by default every
+    shipped model under srnas-<name>."""
+    from models.spec import SHIPPED_MODELS
+
+    cfg = ServeConfig()
+    assert cfg.model_tags == {name: f"srnas-{name}" for name in SHIPPED_MODELS} and cfg.default_model == "default"
+    assert list(cfg.model_tags) == ["default", "real"]
+    monkeypatch.setenv("SRNAS_MODELS", " real = srnas-real:v2 , default=srnas-default ")
+    cfg = ServeConfig.from_env()
+    assert cfg.model_tags == {"real": "srnas-real:v2", "default": "srnas-default"} and cfg.default_model == "real"
+
+
 def test_deadline_and_dispatcher_bound(monkeypatch):
     """BentoML's own latency bound is off by default (the request timeout); admission uses the deadline."""
     cfg = ServeConfig()
@@ -54,7 +67,10 @@ def test_deadline_and_dispatcher_bound(monkeypatch):
                                         ("SRNAS_MAX_STEPS", "0"), ("SRNAS_OVERLAP", "64"),
                                         ("SRNAS_DEADLINE_S", "0"), ("SRNAS_DEADLINE_S", "301"),
                                         ("SRNAS_ADMIT_HEADROOM", "1.5"), ("SRNAS_MAX_LATENCY_MS", "-1"),
-                                        ("SRNAS_PREDICTION", "lookup"), ("SRNAS_CALIBRATION_TIMEOUT_S", "0")])
+                                        ("SRNAS_PREDICTION", "lookup"), ("SRNAS_CALIBRATION_TIMEOUT_S", "0"),
+                                        ("SRNAS_MODELS", "default"), ("SRNAS_MODELS", "Default=srnas-default"),
+                                        ("SRNAS_MODELS", "a=srnas-a,a=srnas-b"), ("SRNAS_MODELS", " , "),
+                                        ("SRNAS_MODELS", "a=Srnas A")])
 def test_bad_env_is_refused(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(UserError):
@@ -130,6 +146,27 @@ def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree(own_tmp):
     # a second worker of this host takes the first one's calibration instead of timing the kit again
     again, src2 = resolve(DEFAULT_MODEL_DIR, entry, cfg, {b: s * 3 for b, s in agree.items()})
     assert src2["calibration_cached"] is True and src2["fit"] == src["fit"] and again == got
+
+
+def test_models_with_the_same_calibration_kit_share_one_fit(tmp_path, own_tmp):
+    """The fit is kept by the kit's content, not its folder: a second served model with the same kit (a copy
+    elsewhere) takes the first one's fit instead of timing the kit again; a kit that differs is timed."""
+    import shutil
+
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.prediction import resolve
+
+    cfg = ServeConfig(prediction="calibrated", threads=1, max_batch_size=2)
+    entry = _entry()
+    got, src = resolve(DEFAULT_MODEL_DIR, entry, cfg, {1: 0.01})
+    assert src["kind"] == "calibrated" and src["calibration_cached"] is False
+    copy = tmp_path / "real"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    again, src2 = resolve(copy, entry, cfg, {1: 0.01})
+    assert src2["calibration_cached"] is True and src2["fit"] == src["fit"] and again == got
+    (copy / "calibration" / "net0.onnx").write_bytes((copy / "calibration" / "net1.onnx").read_bytes())
+    _, src3 = resolve(copy, entry, cfg, {1: 0.01})
+    assert src3["calibration_cached"] is False
 
 
 def test_a_failed_calibration_serves_without_a_prediction(tmp_path, caplog, own_tmp):
