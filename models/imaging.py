@@ -17,10 +17,15 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         img = ImageOps.exif_transpose(img)
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         return _high_bit_to_rgb(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if has_alpha(img):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """Whether the image carries transparency, which `to_rgb` composites onto white."""
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
 def _high_bit_to_rgb(img: Image.Image) -> np.ndarray:

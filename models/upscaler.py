@@ -7,13 +7,17 @@ would see in one piece; only the diffusion runs per tile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from models.diffusion import Diffusion
 from models.imaging import bicubic_up, to_float, to_uint8
 from models.sampler import Denoiser, SamplerConfig, StepCallback, sample
+
+# (tile-steps run so far, tile-steps of the whole image): called once before the first step, then after each;
+# a command line draws its progress bar from it, without this package knowing how
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -88,9 +92,25 @@ def sample_tiles(denoiser: Denoiser, diffusion: Diffusion, tiles: np.ndarray, cf
 
 
 def upscale(denoiser: Denoiser, diffusion: Diffusion, lr_u8: np.ndarray, cfg: SamplerConfig,
-            seed: int = 0, tiles_cfg: TileConfig | None = None) -> np.ndarray:
+            seed: int = 0, tiles_cfg: TileConfig | None = None, on_progress: Progress | None = None) -> np.ndarray:
     """x2 super-resolve a uint8 RGB image of any size (at least 8 px a side)."""
     tiles_cfg = tiles_cfg or TileConfig()
     tiles, plan = make_tiles(lr_u8, tiles_cfg)
-    sr = sample_tiles(denoiser, diffusion, tiles, cfg, tile_seeds(seed, len(tiles)), tiles_cfg.batch)
+    sr = sample_tiles(denoiser, diffusion, tiles, cfg, tile_seeds(seed, len(tiles)), tiles_cfg.batch,
+                      _counted(on_progress, len(tiles) * cfg.steps))
     return blend_tiles(sr, plan)
+
+
+def _counted(on_progress: Progress | None, total: int) -> StepCallback | None:
+    """The sampler's per-step callback as tile-steps done out of `total` (a step of a batch runs all its tiles)."""
+    if on_progress is None:
+        return None
+    done = 0
+    on_progress(done, total)
+
+    def on_step(_k: int, y: np.ndarray, _x0: np.ndarray) -> None:
+        nonlocal done
+        done += len(y)
+        on_progress(done, total)
+
+    return on_step

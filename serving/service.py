@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -43,10 +44,36 @@ from serving.imageio import BadImage, decode, encode_png, probe
 from serving.info import app as info_app
 from serving.middleware import BodyLimit, RetryAfter
 from serving.model import Served, load_models
+from serving.openapi import documented
+from serving.store import import_missing, is_stored
 from serving.tiles import JOB_JSON_BYTES, MAX_SEED, STORE, TileJob, TileModel, run_jobs, timed
 
 log = logging.getLogger("srnas.serving")
+# BentoML sets up logging itself, its root logger at WARNING: the product's INFO lines (what each worker serves,
+# the shipped models imported, the drain) reach BentoML's log only with the product's logger at BentoML's level
+logging.getLogger("srnas").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 CFG = ServeConfig.from_env()
+SERVE_PROCESS = bentoml.server_context.worker_index is None  # `bentoml serve` (or build) itself, not a worker
+
+
+def served_tags() -> dict[str, str]:
+    """{served name: store tag}. In the serve process, before BentoML resolves the service's models (and before
+    any worker starts), a shipped model missing from the store is imported from this installation. Without
+    SRNAS_MODELS, every shipped model that is then stored is served (the default one at least: a checkout
+    without another one still starts, saying so); SRNAS_MODELS names models that must all be stored."""
+    tags = CFG.model_tags
+    if SERVE_PROCESS:
+        import_missing(tags)
+    if os.environ.get("SRNAS_MODELS", "").strip():
+        return tags
+    kept = {name: tag for name, tag in tags.items() if name == CFG.default_model or is_stored(tag)}
+    if SERVE_PROCESS and kept != tags:
+        log.warning("serving without the shipped models %s: not in the BentoML model store, and not importable from "
+                    "this installation", ", ".join(f"{name} ({tag})" for name, tag in tags.items() if name not in kept))
+    return kept
+
+
+CFG.models = ",".join(f"{name}={tag}" for name, tag in served_tags().items())
 
 Steps = Annotated[int | None, Field(default=None, ge=1, le=CFG.limits.max_steps, strict=True,
                                     description="denoising steps (default: the model's)")]
@@ -76,6 +103,28 @@ ServedModels = type("ServedModels", (), {f"model_ref_{i}": ref for i, ref in enu
 REF_ATTRS = {name: f"model_ref_{i}" for i, name in enumerate(MODEL_REFS)}
 
 
+DESCRIPTION = """x2 super-resolution of images by a diffusion model (SR3) whose network was slimmed by
+hardware-aware neural architecture search.
+
+POST an image (PNG, JPEG or WebP) to **/upscale** as the multipart field `image`; the answer is a PNG twice its
+width and height. Optional fields: `steps`, `sampler`, `seed` (the same seed gives the same bytes) and `model`.
+GET **/info** describes the served models, the limits and the step latency; /readyz, /livez and /metrics are for
+the orchestrator and monitoring.
+
+Every error answer is JSON, `{"error": "..."}`, and every 503 carries a Retry-After header."""
+ERRORS = {  # what /upscale answers besides 200, for its OpenAPI entry
+    400: "invalid request: an unknown or repeated form field, a value out of range, an unknown model, or an "
+         "image that is empty, unreadable or smaller than the minimum side",
+    408: "the upload was not complete within SRNAS_UPLOAD_TIMEOUT_S",
+    413: "too large: the body is over SRNAS_MAX_BYTES, or the image over SRNAS_MAX_PIXELS or SRNAS_MAX_SIDE",
+    415: "not a PNG, JPEG or WebP image",
+    422: "this image at these steps would take longer than the server's deadline even on an idle worker; "
+         "the message says how many steps would fit",
+    503: "over capacity, still loading or shutting down; retry after the Retry-After header's seconds",
+    500: "an unexpected server error",
+}
+
+
 # only the public API drains and sheds: where BentoML's dispatcher is not found, in-flight requests send
 # their tile chunks through the /denoise_tiles route, which must keep working during the drain
 hardening.install(CFG.dispatch_poll_ms / 1000, api_paths=("/upscale",),
@@ -98,8 +147,10 @@ def error(status: int, message: str, retry_after_s: int | None = None) -> JSONRe
 @bentoml.asgi_app(info_app, path="/")
 # runner_connection: the client behind self.to_async is otherwise replaced every 100 calls or 300 s, and
 # BentoML closes the old one with calls still in flight (ServerDisconnectedError, ~10% of requests in a soak).
+# service_class: the OpenAPI document (/docs.json) in the product's terms, without the internal batchable API
 @bentoml.service(name=SERVICE_NAME, workers=CFG.workers, threads=1, traffic={"timeout": CFG.timeout_s},
-                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9})
+                 runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+                 service_class=documented(DESCRIPTION, internal=("denoise_tiles",), errors={"/upscale": ERRORS}))
 class SRNAS(ServedModels):
     def __init__(self) -> None:
         self.models: dict[str, Served] = {}  # every configured model, the default first

@@ -6,6 +6,7 @@ that does not is exported here first, which needs the training install (torch)."
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from models.errors import UserError
 from serving.config import DEFAULT_MODELS, configured_models, parse_models
 
 COPIED = (CONFIG, WEIGHTS, "deploy.json", "model.onnx", "model.int8.onnx", "model.plan")
+log = logging.getLogger("srnas.serving")
 
 
 def stored_files(model_dir: Path) -> list[str]:
@@ -88,6 +90,50 @@ def import_shipped(export_onnx: bool = True) -> list[tuple[str, Path, str | None
         else:
             out.append((name, folder, None, False))
     return out
+
+
+def is_stored(tag: str) -> bool:
+    """Whether the BentoML model store has `tag` (name or name:version)."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        return False
+    return True
+
+
+def shipped_folder(name: str, tag: str) -> Path | None:
+    """The folder of the shipped model `name` when `tag` is its shipped store tag (no version: the store names
+    versions) and this installation has the folder; else None."""
+    folder = SHIPPED_MODELS.get(name)
+    if folder is None or tag != parse_models(DEFAULT_MODELS).get(name):
+        return None
+    return folder if (folder / CONFIG).is_file() and (folder / WEIGHTS).is_file() else None
+
+
+def import_missing(tags: dict[str, str]) -> list[str]:
+    """Import every shipped model that `tags` ({served name: store tag}) names under its shipped tag and the store
+    lacks, from this installation's folder, so that a plain `bentoml serve` starts on an empty store; one INFO
+    line each. A tag already in the store is left as it is (it may hold another folder, imported on purpose);
+    a failed import is one warning, and the service then says which model is missing."""
+    from bentoml.exceptions import BentoMLException
+
+    imported = []
+    for name, tag in tags.items():
+        folder = shipped_folder(name, tag)
+        if folder is None or is_stored(tag):
+            continue
+        try:
+            stored, _ = import_model(folder, tag)
+        except (UserError, OSError, ModuleNotFoundError, BentoMLException) as exc:  # e.g. a read-only store
+            log.warning("could not import the shipped model %r from %s into the BentoML model store: %s",
+                        name, folder, exc)
+            continue
+        log.info("imported the shipped model %r from %s into the BentoML model store as %s", name, folder, stored)
+        imported.append(stored)
+    return imported
 
 
 def _export(src: Path, out: Path) -> None:

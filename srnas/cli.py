@@ -516,51 +516,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---- upscale -------------------------------------------------------------------------------
 def _add_upscale(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("upscale", help="x2 super-resolve an image of any size")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    p.add_argument("--sampler", help="ddim or ddpm (default: the model's)")
-    p.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="a shipped model's name (default, real) or a model folder (default: default)")
-    p.add_argument("--batch", type=int, default=8, help="tiles per network call")
-    p.add_argument("--overlap", type=int, default=16, help="HR pixels shared by neighbouring tiles")
-    p.add_argument("--threads", type=int, default=0)
+    from srnas.upscale import add_arguments
+
+    p = sub.add_parser("upscale", help="x2 super-resolve images (files, folders, glob patterns) of any size")
+    add_arguments(p)
     p.set_defaults(func=cmd_upscale)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from PIL import Image
+    from srnas.upscale import run
 
-    from models.checkpoint import load_model
-    from models.sampler import SamplerConfig
-    from models.eager import torch_denoiser
-    from models.spec import shipped_or_folder
-    from models.upscaler import TileConfig, upscale
-    from search.data import load_rgb
-
-    _threads(args.threads)
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise UserError(f"{out.parent}: output folder does not exist")
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
-        raise UserError(f"{out}: unknown output format; use .png, .jpg, .webp, .bmp or .tif")
-    if args.batch < 1 or not 0 <= args.overlap < 128:
-        raise UserError("--batch must be >= 1 and --overlap in 0..127")
-    lr = load_rgb(args.input)
-    bundle = load_model(shipped_or_folder(args.model))
-    d = bundle.defaults
-    cfg = SamplerConfig(d["sampler"] if args.sampler is None else args.sampler,
-                        d["steps"] if args.steps is None else args.steps,
-                        d.get("eta", 0.0) if args.eta is None else args.eta)
-    cfg.validate(bundle.diffusion.schedule.T)
-    sr = upscale(torch_denoiser(bundle.net), bundle.diffusion, lr, cfg, args.seed,
-                 TileConfig(overlap=args.overlap, batch=args.batch))
-    Image.fromarray(sr).save(out)
-    print(f"{args.input} ({lr.shape[1]}x{lr.shape[0]}) -> {out} ({sr.shape[1]}x{sr.shape[0]}), "
-          f"{cfg.sampler} {cfg.steps} steps, seed {args.seed}")
-    return 0
+    return run(args)
 
 
 # ---- info ----------------------------------------------------------------------------------
@@ -716,6 +682,8 @@ def _add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="where training stages run: cpu or cuda")
     p.add_argument("--markdown", help="file for the report section (default: BENCHMARKS.md; OUT/report.md if --quick)")
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the chain in a few minutes")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars inside the stages (there are none off a terminal)")
     p.set_defaults(func=cmd_pipeline)
 
 
@@ -728,8 +696,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if any(s not in ("ddim", "ddpm") for s in args.samplers) or min(args.steps) < 1:
         raise UserError("--samplers takes ddim and/or ddpm, and --steps positive integers")
     cfg = PipelineConfig(args.preset, args.out, args.relax, args.steps, args.samplers, args.data, args.threads,
-                         args.device, args.quick, args.markdown)
-    report = run(cfg, main)
+                         args.device, args.quick, args.markdown, progress=not args.no_progress and sys.stderr.isatty())
+    # every stage's start and end as a line at once, also where stdout is a file or a pipe (| tee)
+    report = run(cfg, main, log=lambda line: print(line, flush=True))
     print(f"report written to {report}")
     return 0
 
@@ -856,7 +825,7 @@ def _threads(n: int) -> None:
 
 
 # packages of the [train] extra (pyproject.toml) that the base, serving-only install lacks
-TRAIN_ONLY = ("torch", "safetensors", "onnx", "onnxscript", "skimage", "matplotlib", "tqdm")
+TRAIN_ONLY = ("torch", "safetensors", "onnx", "onnxscript", "skimage", "matplotlib")
 
 
 def build_parser() -> argparse.ArgumentParser:

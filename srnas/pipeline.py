@@ -8,6 +8,7 @@ checks the plumbing, not the quality.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +41,7 @@ class PipelineConfig:
     device: str = "cpu"  # training stages only
     quick: bool = False
     markdown: str | None = None  # where the report's section goes (default: BENCHMARKS.md, or OUT/report.md if quick)
+    progress: bool = False  # the stages draw their own progress bars (on a terminal)
 
     def recipe(self, kind: str) -> Path:
         name = {"train": f"{self.preset}.yaml", "search": f"search-{self.preset}.yaml",
@@ -77,7 +79,8 @@ def models(cfg: PipelineConfig) -> dict[str, Path]:
 
 def plan(cfg: PipelineConfig) -> list[Stage]:
     out, quick = Path(cfg.out), cfg.quick
-    common = ["--data", cfg.data, "--no-progress"] + (["--threads", str(cfg.threads)] if cfg.threads else [])
+    quiet = [] if cfg.progress else ["--no-progress"]
+    common = ["--data", cfg.data, *quiet] + (["--threads", str(cfg.threads)] if cfg.threads else [])
 
     def train_flags(kind: str, run: str) -> list[str]:
         return ["--config", str(cfg.recipe(kind)), "--out", str(out / run), "--resume", "--device", cfg.device, *common,
@@ -94,15 +97,14 @@ def plan(cfg: PipelineConfig) -> list[Stage]:
         stages.append(Stage(f"evaluate-{name}", [
             "evaluate", "--model", str(path), "--steps", steps, "--samplers", ",".join(cfg.samplers),
             "--data", cfg.data, "--device", cfg.device, "--out", str(out / f"eval-{name}"), "--choose-defaults",
-            "--no-progress",
-            *(QUICK["evaluate"] if quick else [])]))
+            *quiet, *(QUICK["evaluate"] if quick else [])]))
         if name != "supernet":  # the deployable ones: model.onnx and deploy.json with the table's prediction
             stages.append(Stage(f"export-{name}", ["deploy", "--model", str(path)]))
     pairs = [f"{n}={p}" for n, p in models(cfg).items()]
-    stages.append(Stage("compare", ["compare", *pairs, "--out", str(out / "compare"), "--no-progress",
+    stages.append(Stage("compare", ["compare", *pairs, "--out", str(out / "compare"), *quiet,
                                     *(QUICK["compare"] if quick else [])]))
     stages.append(Stage("bench", ["bench", *[p for p in pairs if not p.startswith("supernet=")],
-                                  "--out", str(out / "bench.json"), "--no-progress",
+                                  "--out", str(out / "bench.json"), *quiet,
                                   *(QUICK["bench"] if quick else ["--batches", "1,8"])]))
     return stages
 
@@ -136,10 +138,18 @@ def run(cfg: PipelineConfig, srnas: Callable[[list[str]], int], log: Callable[[s
             log(f"[{i}/{len(stages)}] {stage.name}: done before")
             continue
         log(f"[{i}/{len(stages)}] {stage.name}: srnas {' '.join(stage.argv)}")
+        t0 = time.monotonic()
         rc = srnas(stage.argv)
         if rc != 0:
             raise UserError(f"stage {stage.name} failed (exit {rc}); fix it and run the pipeline again to resume")
         ledger.finish(stage.name)
+        log(f"[{i}/{len(stages)}] {stage.name}: finished in {_duration(time.monotonic() - t0)}")
     from srnas.pipeline_report import write_report
 
     return write_report(cfg)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

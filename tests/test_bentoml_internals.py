@@ -4,6 +4,7 @@ moves any of them fails here, by name, instead of quietly disabling a defence in
 from __future__ import annotations
 
 import inspect
+import logging
 import re
 import tomllib
 from importlib.metadata import version
@@ -52,3 +53,46 @@ def test_the_patched_uvicorn_internals_exist():
         assert callable(getattr(h11_impl.H11Protocol, attr)), attr
     assert "cycle" in inspect.getsource(h11_impl.H11Protocol.__init__)
     assert callable(uvicorn.Server.handle_exit)
+
+
+def test_the_internals_behind_the_openapi_document_and_the_serve_process():
+    """serving/openapi.py: the service class BentoML builds the service with, its `openapi_spec` (what /docs.json
+    and a bento's apis/openapi.yaml are made of) and the spec's classes; serving/service.py: the serve process
+    tells itself from a worker by `server_context.worker_index` (set before a worker loads the service), and
+    BentoML's server logging leaves the root logger at WARNING with the handler on it."""
+    import bentoml
+    import yaml
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from _bentoml_impl.worker import service as worker
+    from bentoml._internal.bento import bento
+    from bentoml._internal.log import SERVER_LOGGING_CONFIG
+
+    from serving.openapi import documented
+
+    assert "service_class" in inspect.signature(bentoml.service).parameters
+    assert isinstance(inspect.getattr_static(bentoml.Service, "openapi_spec"), property)
+    assert "self.service.openapi_spec" in inspect.getsource(ServiceAppFactory.openapi_spec_view)
+    assert "svc.openapi_spec" in inspect.getsource(bento.Bento.create)
+    main = inspect.getsource(worker.main.callback)  # a click command
+    assert main.index("server_context.worker_index = worker_id") < main.index("load(bento_identifier")
+    assert SERVER_LOGGING_CONFIG["root"]["handlers"] and SERVER_LOGGING_CONFIG["root"]["level"] == logging.WARNING
+
+    class Probe:
+        @bentoml.api(route="/public")
+        def public(self, x: int) -> int:
+            return x
+
+        @bentoml.api(route="/hidden", batchable=True)
+        def hidden(self, jobs: list[int]) -> list[int]:
+            return jobs
+
+    svc = bentoml.service(Probe, service_class=documented("probe", ("hidden",), {"/public": {503: "busy"}}))
+    spec = svc.openapi_spec
+    doc = spec.asdict()
+    assert doc["info"]["description"] == "probe" and "contact" not in doc["info"]
+    assert "/hidden" not in doc["paths"] and not any(k.startswith("hidden__") for k in doc["components"]["schemas"])
+    assert "/public" in doc["paths"] and "public__Input" in doc["components"]["schemas"]
+    responses = {str(code): answer for code, answer in doc["paths"]["/public"]["post"]["responses"].items()}
+    assert set(responses) == {"200", "503"} and responses["503"]["description"] == "busy"
+    dumped = yaml.dump(spec)  # how `bentoml build` writes a bento's apis/openapi.yaml
+    assert "/public" in dumped and "/hidden" not in dumped and "#/components/schemas/Error" in dumped

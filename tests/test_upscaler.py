@@ -55,3 +55,16 @@ def test_upscale_is_deterministic_per_seed(tiny_model_dir):
 def test_tile_seeds_are_distinct():
     s = tile_seeds(7, 100)
     assert len(set(s)) == 100 and set(s).isdisjoint(tile_seeds(8, 100))
+
+
+def test_progress_counts_every_tile_step_once(tiny_model_dir):
+    """The callback a progress bar hangs on: (0, total) first, then every step of every batch, up to the total."""
+    bundle = load_model(tiny_model_dir)
+    lr = rgb(70, 130, seed=3)  # 2 x 3 tiles, run in batches of 4 and 2
+    calls = []
+    upscale(torch_denoiser(bundle.net), bundle.diffusion, lr, SamplerConfig("ddim", 2), tiles_cfg=TileConfig(batch=4),
+            on_progress=lambda done, total: calls.append((done, total)))
+    tiles, _ = make_tiles(lr, TileConfig())
+    total = len(tiles) * 2
+    assert len(tiles) == 6 and calls[0] == (0, total) and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == [0, 4, 8, 10, 12]  # batch 1 (4 tiles) twice, then batch 2 (2 tiles) twice
