@@ -54,7 +54,9 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def model_folder(model_dir: str | Path | None) -> Path:
-    """The folder (the shipped default when None), checked to be one."""
+    """The folder (the shipped default when None; a shipped model's name as the CLI passes it), checked to be one."""
+    if isinstance(model_dir, str) and model_dir in SHIPPED_MODELS:
+        return shipped_or_folder(model_dir)
     path = Path(model_dir) if model_dir is not None else DEFAULT_MODEL_DIR
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model folder (expected {CONFIG} and {WEIGHTS})")

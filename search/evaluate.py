@@ -130,7 +130,12 @@ def choose_defaults(report: dict[str, Any], tolerance_db: float = 0.05) -> dict[
     pick = min(ok, key=lambda r: (r["steps"], -r["psnr_y"]))
     return {"steps": pick["steps"], "sampler": pick["sampler"], "eta": pick["eta"],
             "chosen_by": f"fewest steps within {tolerance_db} dB of the best PSNR(Y) on {report['crops']} "
-                         f"validation crops ({pick['psnr_y']:.3f} dB vs bicubic {report['bicubic']['psnr_y']:.3f} dB)"}
+                         f"validation crops{_jpeg_note(report)} ({pick['psnr_y']:.3f} dB vs bicubic "
+                         f"{report['bicubic']['psnr_y']:.3f} dB)"}
+
+
+def _jpeg_note(report: dict[str, Any]) -> str:
+    return f" with LR as JPEG quality {report['lr_jpeg']}" if report.get("lr_jpeg") else ""
 
 
 def write_outputs(out: Path, report: dict[str, Any], crops: list, best: tuple, bundle: ModelBundle,
