@@ -73,7 +73,7 @@ def markdown(report: dict[str, Any]) -> str:
              "over crops. Consistency: MSE between the output taken back down by x2 bicubic and the LR input (RGB "
              "in [0, 1], ×1e-5; lower is more faithful). HF ratio: the output's spectral energy in the top octave "
              "over the original's (1 = as much fine detail as the original; bicubic is far below). Raw rows: "
-             f"`bench/results/quality-{host_slug(report['host'])}.json`.", ""]
+             f"`bench/results/quality-{host_slug()}.json`.", ""]
     lines += ["| model | params | ms/step (ORT fp32, batch 1, "
               f"{report['threads']} thread) | served | clean: gain dB | JPEG {report['jpeg']}: gain dB |",
               "|---|---|---|---|---|---|"]
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     report = run(_models(args.models), args)
-    out = Path(args.out or ROOT / "bench" / "results" / f"quality-{host_slug(report['host'])}.json")
+    out = Path(args.out or ROOT / "bench" / "results" / f"quality-{host_slug()}.json")
     write_json(out, report)
     if args.markdown:
         write_section(args.markdown, markdown(report), START, END)

@@ -140,13 +140,17 @@ def _alpha_plot(run_dir: Path) -> Path:
     return out
 
 
-def val_curve_plot(runs: dict[str, Path], path: Path) -> Path:
+def val_curve_plot(runs: dict[str, Path | tuple[Path, int]], path: Path) -> Path:
     """Each training run's validation gain over bicubic (val_log.csv) and its training loss (train_log.csv,
-    a running mean) against the step: whether the curve has flattened is a question for the eye."""
+    a running mean) against the step: whether the curve has flattened is a question for the eye. A run given as
+    (folder, offset) is a later stage whose steps continue from `offset`."""
     fig, (gain, loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, run_dir in runs.items():
-        gain.plot(*_series(_read_csv(Path(run_dir) / "val_log.csv"), "gain_db"), marker="o", ms=3, label=label)
+    for label, run in runs.items():
+        run_dir, offset = run if isinstance(run, tuple) else (run, 0)  # a later stage continues at `offset`
+        steps, values = _series(_read_csv(Path(run_dir) / "val_log.csv"), "gain_db")
+        gain.plot([s + offset for s in steps], values, marker="o", ms=3, label=label)
         steps, values = _series(_read_csv(Path(run_dir) / "train_log.csv"), "loss")
+        steps = [s + offset for s in steps]
         w = max(1, min(100, len(values) // 5))
         if values:
             loss.plot(steps[w - 1:], np.convolve(values, np.ones(w) / w, mode="valid"), lw=0.8, label=label)
