@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
 SAMPLE := serving/samples/astronaut-lr.png
 
-.PHONY: demo serve test install install-test clean load observe k8s chaos
+.PHONY: demo serve test install install-test clean load observe k8s chaos image image-gpu pod-test pod-test-gpu
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,28 @@ chaos: install-test
 k8s: install-test
 	mkdir -p runs
 	for o in cpu gpu; do $(BIN)/kubectl kustomize k8s/overlays/$$o > runs/k8s-$$o.yaml || exit 1; done
+
+# The serving image with podman, offline apart from the package registries (container/build.py): a Debian
+# bookworm base made here with debootstrap (cached in ~/.cache/srnas), `bentoml build`, a Containerfile
+# generated from the bento (its models, envs, non-root user), `podman build`. IMAGE=REF names it
+# (default localhost/srnas:<newTag of k8s/base>); image-gpu: the GPU bento on the same base (onnxruntime-gpu).
+# Needs root or passwordless sudo (debootstrap, rootful podman).
+image: install-test
+	$(BIN)/python -m container.build $(if $(IMAGE),--image $(IMAGE))
+
+image-gpu: install-test
+	$(BIN)/python -m container.build --gpu $(if $(IMAGE),--image $(IMAGE))
+
+# The rendered CPU overlay's Deployment under `podman kube play` on that image: /readyz, /upscale, /metrics,
+# uid and read-only root, a drain with a request in flight, `podman kube down`; figures in runs/image/pod/.
+pod-test: image
+	$(BIN)/python -m container.pod $(if $(IMAGE),--image $(IMAGE)) --json runs/image/pod/cpu.json
+
+# The GPU overlay on this machine, which has no GPU: the server must refuse (never ready, the reason logged).
+# One thread: the overlay's CPU limit (4) may exceed this machine's cores, which the server would refuse first.
+pod-test-gpu: image-gpu
+	$(BIN)/python -m container.pod --overlay gpu --expect-no-gpu --env SRNAS_THREADS=1 --env OMP_NUM_THREADS=1 \
+		$(if $(IMAGE),--image $(IMAGE)) --json runs/image/pod/gpu.json
 
 clean:
 	rm -rf $(VENV) runs upscaled.png

@@ -105,7 +105,18 @@ def ort_session(model: str | Path | bytes, cfg: RuntimeConfig | None = None):
     }[cfg.graph_optimization]
     chain = provider_chain(cfg, ort.get_available_providers())
     src = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(src, so, providers=[p for p, _ in chain], provider_options=[o for _, o in chain])
+    sess = ort.InferenceSession(src, so, providers=[p for p, _ in chain], provider_options=[o for _, o in chain])
+    check_gpu_kept(cfg, sess)
+    return sess
+
+
+def check_gpu_kept(cfg: RuntimeConfig, sess) -> None:
+    """A GPU build of ONNX Runtime drops CUDA and TensorRT by itself when no GPU, driver or CUDA library is there
+    and runs on the CPU: asked for cuda, that is refused rather than served 10-100x slower without a word."""
+    if cfg.device == "cuda" and not cfg.providers and session_provider(sess) == CPU:
+        raise UserError("device cuda: ONNX Runtime could not start its CUDA or TensorRT provider (no NVIDIA GPU or "
+                        "driver, or CUDA/cuDNN libraries missing) and would run on the CPU; set SRNAS_DEVICE=cpu "
+                        "to serve on the CPU")
 
 
 def session_provider(sess) -> str:

@@ -45,5 +45,10 @@ def build(gpu: bool = False) -> str:
     """Build the bento into the BentoML store (the model must be imported first: `srnas store-import`)."""
     import bentoml
 
-    bento = bentoml.bentos.build(**build_options(gpu), build_ctx=str(ROOT))
+    from bentoml._internal.bento.build_config import BentoEnvSchema  # pinned BentoML (test_bentoml_internals)
+
+    opts = build_options(gpu)
+    # bentofile.yaml's loader turns env entries into BentoEnvSchema; bentos.build takes them only in that form
+    opts["envs"] = [BentoEnvSchema(**e) for e in opts.get("envs", [])]
+    bento = bentoml.bentos.build(**opts, build_ctx=str(ROOT))
     return str(bento.tag)

@@ -244,3 +244,18 @@ def test_gpu_bento_options_come_from_the_same_dependency_list():
     assert {e["name"]: e["value"] for e in gpu["envs"]}.items() >= GPU_ENVS.items()
     assert {k: v for k, v in gpu.items() if k not in ("python", "docker", "envs", "name", "labels")} == \
         {k: v for k, v in cpu.items() if k not in ("python", "docker", "envs", "name", "labels")}
+
+
+def test_a_cuda_request_that_ends_on_the_cpu_is_refused(tmp_path):
+    """A GPU build of ONNX Runtime silently falls back to the CPU without a GPU; asked for cuda, that is refused."""
+    import torch
+
+    from export.runtime import RuntimeConfig, check_gpu_kept, ort_session
+    from models.errors import UserError
+
+    path = tmp_path / "id.onnx"
+    torch.onnx.export(torch.nn.Identity(), (torch.zeros(1, 3),), str(path), dynamo=False)
+    sess = ort_session(path, RuntimeConfig(device="cpu"))  # a real session that runs on the CPU
+    check_gpu_kept(RuntimeConfig(device="cpu"), sess)
+    with pytest.raises(UserError, match="SRNAS_DEVICE=cpu"):
+        check_gpu_kept(RuntimeConfig(device="cuda"), sess)

@@ -96,3 +96,11 @@ def test_the_internals_behind_the_openapi_document_and_the_serve_process():
     assert set(responses) == {"200", "503"} and responses["503"]["description"] == "busy"
     dumped = yaml.dump(spec)  # how `bentoml build` writes a bento's apis/openapi.yaml
     assert "/public" in dumped and "/hidden" not in dumped and "#/components/schemas/Error" in dumped
+
+
+def test_bento_env_schema_is_what_bentos_build_takes():
+    """srnas bento hands BentoML's builder its env entries as BentoEnvSchema, as bentofile.yaml's loader does."""
+    from bentoml._internal.bento.build_config import BentoBuildConfig, BentoEnvSchema
+
+    cfg = BentoBuildConfig(service="serving.service:SRNAS", envs=[BentoEnvSchema(name="SRNAS_BACKEND", value="auto")])
+    assert cfg.envs[0].name == "SRNAS_BACKEND" and cfg.envs[0].value == "auto"
