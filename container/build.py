@@ -204,7 +204,8 @@ def containerfile(info: dict, base_image: str, docker: str) -> str:
 def check_gpu_dockerfile(bento_dir: Path) -> list[str]:
     """What BentoML's Dockerfile for the GPU bento must hold to be a complete CUDA image; missing parts."""
     docker = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
-    reqs = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
+    reqs = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower()  # names, pinned or not
+            for r in (bento_dir / "env" / "python" / "requirements.txt").read_text().split()}
     install = bento_dir / "env" / "python" / "install.sh"
     missing = [] if "onnxruntime-gpu" in reqs and "onnxruntime" not in reqs else ["onnxruntime-gpu alone"]
     if not (install.is_file() and 'REQUIREMENTS_TXT="$BASEDIR/requirements.txt"' in install.read_text()):
