@@ -234,6 +234,13 @@ def eval_crops(pairs: list[Pair], size: int = 128, per_image: int = 4) -> list[t
     return out
 
 
+def scored_crops(source: str, split: str, lr_dir: str | None = None, per_image: int = 4,
+                 lr_jpeg: int = 0) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """`eval_crops` of a split, with each whole LR image first saved as JPEG at `lr_jpeg` where it is > 0."""
+    pairs = load_pairs(source, split, lr_dir)
+    return eval_crops(jpeg_pairs(pairs, lr_jpeg) if lr_jpeg else pairs, per_image=per_image)
+
+
 def calibration_crops(n: int, seed: int = 0, size: int = 128) -> np.ndarray:
     """`n` bicubic-upsampled crops of the built-in training photos (N x 3 x size x size in [-1, 1]): what int8
     calibration samples on."""

@@ -15,7 +15,7 @@ from models.imaging import to_uint8
 from models.sampler import Denoiser, SamplerConfig, sample
 from models.eager import torch_denoiser
 from models.upscaler import tile_seeds
-from search.data import eval_crops, jpeg_pairs, load_pairs
+from search.data import scored_crops
 from search.metrics import consistency, hf_ratio, psnr_y, ssim_y
 
 
@@ -70,10 +70,7 @@ def evaluate(bundle: ModelBundle, cfg: EvalConfig, out_dir: str | Path | None = 
 
     `denoiser` runs the network on another runtime (ONNX Runtime, a quantized variant); torch by default.
     """
-    pairs = load_pairs(cfg.data, cfg.split, cfg.lr_dir)
-    if cfg.lr_jpeg:
-        pairs = jpeg_pairs(pairs, cfg.lr_jpeg)
-    crops = eval_crops(pairs, per_image=cfg.crops_per_image)
+    crops = scored_crops(cfg.data, cfg.split, cfg.lr_dir, cfg.crops_per_image, cfg.lr_jpeg)
     if not crops:
         raise ValueError(f"no {cfg.split} crop of 128x128 could be cut from the data")
     names = [c[0] for c in crops]

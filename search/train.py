@@ -322,13 +322,11 @@ class Trainer:
 def val_crops(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(lr, bicubic, hr) val crops for the training curve; a degraded run is scored on JPEG (quality 75) LR."""
     from models.imaging import to_uint8
-    from search.data import eval_crops, jpeg_pairs
+    from search.data import scored_crops
     from search.degrade import VAL_JPEG_QUALITY
 
-    pairs = load_pairs(cfg.data, "val", cfg.lr_dir)
-    if cfg.degradation is not None:
-        pairs = jpeg_pairs(pairs, VAL_JPEG_QUALITY)
-    crops = eval_crops(pairs, per_image=cfg.val_crops)
+    jpeg = VAL_JPEG_QUALITY if cfg.degradation is not None else 0
+    crops = scored_crops(cfg.data, "val", cfg.lr_dir, cfg.val_crops, jpeg)
     return np.stack([c[1] for c in crops]), np.stack([c[2] for c in crops]), [to_uint8(c[3]) for c in crops]
 
 
