@@ -1,10 +1,31 @@
 """Reading the YAML configuration files (recipes, ablations) with a user-facing error instead of a traceback."""
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from models.errors import UserError
+
+# YAML 1.2 floats: PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string, so `beta_start: 1e-6` or a
+# run's own train_config.json given back as --config would reach the code as text.
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+@lru_cache(maxsize=1)
+def _loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+    return Loader
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
@@ -12,7 +33,7 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_loader()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"{what} ({exc})") from None
     if not isinstance(data, dict):

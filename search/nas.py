@@ -14,7 +14,6 @@ import torch
 from models.checkpoint import ModelBundle, save_model, write_json
 from models.unet import UNet
 from models.blocks import SKIP
-from models.sr3_loss import sr3_loss
 from search.costs import COST_OF, SlotCosts, count_params, slot_flops
 from search.data import CropSampler, has_split, load_pairs
 from search.objective import CostLossConfig, cost_loss
@@ -181,7 +180,7 @@ class SearchTrainer(Trainer):
     def alpha_step(self) -> dict[str, float]:
         cfg = self.cfg
         bic, hr = self.batch(self.alpha_data)
-        task = sr3_loss(self.diffusion, self.model, hr, bic, self.gen)  # draws this step's sample (Gumbel runs)
+        task = self.task_loss(hr, bic)  # draws this step's sample (Gumbel runs)
         flops, latency = self.expected_costs(cfg.priced())
         scale = self.cost_scale()
         loss = cost_loss(task, cfg.cost_loss, flops, latency, scale)

@@ -55,6 +55,8 @@ class TrainConfig:
     degradation: DegradeConfig | None = None  # real-photo training: blur, noise and JPEG before the x2 downsample
     val_every: int = 0  # score the EMA weights on the val split every this many steps (0: never); val_log.csv
     val_crops: int = 4  # val crops per image for that curve
+    focus_steps: list[int] = field(default_factory=list)  # sampler step counts the model is served at ...
+    focus_share: float = 0.0  # ... and the share of items trained exactly on their noise levels
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -180,7 +182,12 @@ class Trainer:
     def weight_loss(self) -> torch.Tensor:
         """The training objective on the next batch (the SR3 loss; other networks change this alone)."""
         bic, hr = self.batch(self.data)
-        return sr3_loss(self.diffusion, self.model, hr, bic, self.gen, self.teacher, self.cfg.distill)
+        return self.task_loss(hr, bic, self.teacher)
+
+    def task_loss(self, hr: torch.Tensor, bic: torch.Tensor, teacher: UNet | None = None) -> torch.Tensor:
+        """The SR3 loss with this run's noise-level focus (and teacher, for the weights' step)."""
+        return sr3_loss(self.diffusion, self.model, hr, bic, self.gen, teacher, self.cfg.distill,
+                        self.cfg.focus_steps, self.cfg.focus_share)
 
     def weight_step(self) -> float:
         for g in self.opt.param_groups:

@@ -208,3 +208,22 @@ def test_distillation_adds_the_weighted_distance_to_the_teacher():
     guided = sr3_loss(d, student, hr, bic, torch.Generator().manual_seed(0), teacher=teacher, distill=3.0).item()
     assert same == pytest.approx(plain)  # a teacher that agrees adds nothing
     assert guided == pytest.approx(plain + 3.0 * 0.5)
+
+
+def test_focused_noise_levels_sit_on_the_served_path():
+    d = Diffusion(DiffusionConfig())
+    sqrt_g = np.sqrt(d.schedule.gammas)
+    only = noise_levels(d, 64, torch.Generator().manual_seed(0), focus_steps=[1], focus_share=1.0)
+    assert torch.all(only == sqrt_g[d.schedule.T])  # one step: the network only ever runs at t = T
+    served = set(sqrt_g[np.concatenate([d.schedule.timesteps_for(1), d.schedule.timesteps_for(2)])].tolist())
+    mixed = noise_levels(d, 4000, torch.Generator().manual_seed(1), focus_steps=[1, 2], focus_share=0.5)
+    on_path = np.array([v in served for v in mixed.tolist()])
+    assert 0.45 < on_path.mean() < 0.55  # the share, up to sampling noise (4000 draws: sd 0.008)
+    assert {v for v in mixed.tolist() if v in served} == served  # both served counts' levels are drawn
+
+
+def test_no_focus_keeps_the_uniform_draws():
+    d = Diffusion(DiffusionConfig())
+    plain = noise_levels(d, 32, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, noise_levels(d, 32, torch.Generator().manual_seed(3), focus_steps=[1], focus_share=0.0))
+    assert not torch.equal(plain, noise_levels(d, 32, torch.Generator().manual_seed(3), [1], 0.5))

@@ -121,3 +121,19 @@ def test_validation_curve_is_logged(tmp_path):
     assert all(10 < float(r["psnr_y"]) < 60 and 0 < float(r["hf_ratio"]) for r in rows)
     assert TrainConfig.from_dict(cfg.to_dict()).degradation == cfg.degradation
     assert (tmp_path / "run" / "val.png").stat().st_size > 5000
+
+
+def test_a_runs_own_config_reads_back_as_a_recipe(tmp_path):
+    """train_config.json writes beta_start as 1e-06; YAML 1.1 would read that back as text."""
+    import json
+
+    from models.diffusion import Diffusion
+    from search.configfile import read_yaml
+
+    cfg = TrainConfig(iters=1, focus_steps=[1], focus_share=0.5, **SMALL)
+    path = tmp_path / "train_config.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert "1e-06" in path.read_text()
+    back = TrainConfig.from_dict(read_yaml(path, "config"))
+    assert back.diffusion.schedule.beta_start == 1e-6 and back.focus_share == 0.5
+    assert Diffusion(back.diffusion).schedule.T == 2000
