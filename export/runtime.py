@@ -137,6 +137,11 @@ def host_id() -> str:
     return f"{platform.node()}|{cpu}"
 
 
+def cpu_of(host: str) -> str:
+    """The CPU model part of a `host_id` (a pod's node name changes with every pod; its CPU does not)."""
+    return host.split("|", 1)[-1]
+
+
 def host_slug() -> str:
     """The CPU part of `host_id` as a file-name part (e.g. `amd-epyc`), for results named by their host."""
-    return host_id().split("|")[-1].lower().replace("(r)", "").replace(" ", "-")
+    return cpu_of(host_id()).lower().replace("(r)", "").replace(" ", "-")

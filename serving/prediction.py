@@ -1,8 +1,8 @@
 """Which per-step latency prediction a worker publishes, and where it comes from.
 
-A lookup table holds for the hardware it was timed on, and a host name does not say enough: two VMs that both
-report "AMD EPYC" ran the same network 3.3x apart. So `auto` takes the table only where it was timed on a host
-of this name *and* the warm-up's own timing of the served network agrees with it (0.8-1.25x); otherwise the
+A lookup table holds for the hardware it was timed on, and a CPU model does not say enough: two VMs that both
+report "AMD EPYC" ran the same network 3.3x apart. So `auto` takes the table only where it was timed on this
+CPU model *and* the warm-up's own timing of the served network agrees with it (0.8-1.25x); otherwise the
 table is mapped onto this host from the model folder's calibration kit (reference blocks and networks, never the
 served network itself, so that observed/predicted still checks the search's estimate). Whatever fails, the
 worker serves: the source says `kind: "none"` and why, and no prediction is published.
@@ -25,7 +25,7 @@ import numpy as np
 
 from export.calibration import KIT_DIR, KIT_FILE, Calibration, calibrate_kit
 from export.record import interpolate
-from export.runtime import host_id
+from export.runtime import cpu_of, host_id
 from serving.config import ServeConfig
 
 log = logging.getLogger("srnas.serving")
@@ -44,11 +44,13 @@ def resolve(model_dir: Path | None, entry: dict[str, Any] | None, cfg: ServeConf
         return {}, _none("no latency table recorded for this backend and thread count")
     table = per_batch(entry.get("seconds") or {}, cfg.max_batch_size)
     here = host_id()
+    timed_on = entry.get("host") or ""
+    # the node name is not compared: a pod's is new with every pod, and the warm-up check below is the real test
     src: dict[str, Any] = {"table": entry.get("source"), "timed_on": entry.get("host"), "threads": entry.get("threads"),
-                           "this_host": here, "same_host": entry.get("host") == here}
+                           "this_host": here, "same_host": timed_on == here, "same_cpu": cpu_of(timed_on) == cpu_of(here)}
     ratios = [step_s[b] / table[b] for b in step_s if table.get(b)]
     src["warmup_over_table"] = round(statistics.median(ratios), 3) if ratios else None
-    holds = src["same_host"] and ratios and AGREES[0] <= src["warmup_over_table"] <= AGREES[1]
+    holds = src["same_cpu"] and ratios and AGREES[0] <= src["warmup_over_table"] <= AGREES[1]
     if cfg.prediction == "table" or (cfg.prediction == "auto" and holds):
         return table, {"kind": "table", **src}
     try:

@@ -126,7 +126,7 @@ def own_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree(own_tmp):
+def test_auto_takes_the_table_only_where_its_cpu_model_and_the_warmup_agree(own_tmp):
     from export.runtime import host_id
     from models.checkpoint import DEFAULT_MODEL_DIR
     from serving.prediction import resolve
@@ -136,6 +136,10 @@ def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree(own_tmp):
     agree = {1: entry["seconds"]["1"] * 1.1, 8: entry["seconds"]["8"] * 0.9}
     got, src = resolve(DEFAULT_MODEL_DIR, entry, cfg, agree)
     assert src["kind"] == "table" and got[8] == pytest.approx(entry["seconds"]["8"])
+    # another node with this CPU model (a pod: its node name is new every time) whose warm-up agrees: the table
+    pod = _entry(host="srnas-7d9f-xk2lp|" + host_id().split("|", 1)[1])
+    got, src = resolve(DEFAULT_MODEL_DIR, pod, cfg, agree)
+    assert src["kind"] == "table" and src["same_cpu"] and not src["same_host"]
     # a host of the same name that runs the network 3x slower: the table does not hold, it is calibrated
     got, src = resolve(DEFAULT_MODEL_DIR, entry, cfg, {b: s * 3 for b, s in agree.items()})
     assert src["kind"] == "calibrated" and src["same_host"] and src["warmup_over_table"] > 1.25
@@ -146,6 +150,9 @@ def test_auto_takes_the_table_only_where_its_host_and_the_warmup_agree(own_tmp):
     # a second worker of this host takes the first one's calibration instead of timing the kit again
     again, src2 = resolve(DEFAULT_MODEL_DIR, entry, cfg, {b: s * 3 for b, s in agree.items()})
     assert src2["calibration_cached"] is True and src2["fit"] == src["fit"] and again == got
+    # another CPU model, even with an agreeing warm-up, is calibrated
+    _, src = resolve(DEFAULT_MODEL_DIR, _entry(host=host_id() + " (another CPU)"), cfg, agree)
+    assert src["kind"] == "calibrated" and not src["same_cpu"]
 
 
 def test_models_with_the_same_calibration_kit_share_one_fit(tmp_path, own_tmp):
