@@ -95,7 +95,7 @@ class ServeConfig:
     warmup_runs: int = 2  # network calls at start-up, before /readyz turns true
     # the per-step latency prediction published beside what is observed: "table" (the search's lookup table),
     # "calibrated" (that table mapped onto this host by timing the model folder's reference blocks at start-up),
-    # "auto" (the table where it was timed on this host and the warm-up agrees with it, else calibrated)
+    # "auto" (the table where it was timed on this CPU model and the warm-up agrees with it, else calibrated)
     prediction: str = "auto"
     calibration_timeout_s: float = 60.0  # past this the server serves without a prediction
     overlap: int = 16  # HR px shared by neighbouring tiles
