@@ -120,6 +120,17 @@ def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
 
+def _overrides(changes: dict[str, Any] | None) -> str:
+    """The study's changes to a recipe, as the report names them ("" when none)."""
+    shown = {k: v for k, v in (changes or {}).items() if k != "checkpoint_every"}
+    return " with " + ", ".join(f"{k} {v}" for k, v in shown.items()) if shown else ""
+
+
+def worker_hours(points: list[dict[str, Any]]) -> float:
+    """The finished points' wall-clock, summed over the worker processes that ran them."""
+    return sum(p.get("wall_seconds", 0.0) for p in points) / 3600
+
+
 def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None) -> str:
     points = state["points"]
     stats = groups(points)
@@ -128,8 +139,9 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
              f"`srnas pareto` on **{state['host']}** (serving backend: ONNX Runtime, {cfg['threads']} thread(s) per "
              f"worker, batch 1). Table: `{cfg['lut']}`. Floor (the table's fastest architecture): "
              f"{floor['measured_ms']:.2f} ms/step measured, {floor['predicted_ms']:.2f} ms predicted. Every point "
-             f"trains {cfg['budget']} weight iterations (batch and crop of `{cfg['train_recipe']}`; a search's 64 px "
-             "steps count at their pixel ratio). Scored with DDIM at 1 step (the served setting), PSNR(Y)/SSIM(Y) "
+             f"trains {cfg['budget']} weight iterations (`{cfg['train_recipe']}`{_overrides(cfg.get('train'))}; "
+             "a search step counts at its pixels' ratio to a training step). Scored with DDIM at 1 step (the served "
+             "setting), PSNR(Y)/SSIM(Y) "
              f"on {points[0]['test_crops'] if points else 0} test crops (bicubic: "
              f"{points[0]['bicubic_psnr_test'] if points else float('nan'):.3f} dB); selection on val only.", "",
              "Split by image (scikit-image's wheel): " + "; ".join(
@@ -162,7 +174,9 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
                       f"{pick['ms']:.2f} ms/step."]
     progress = (f" of {planned} planned: **the study is still running**, and no verdict above is final"
                 if planned and len(points) < planned else "")
-    lines += ["", f"{len(points)} points{progress}; raw rows in `bench/results/pareto/pareto.json`.", END]
+    lines += ["", f"{len(points)} points{progress}; they took {worker_hours(points):.1f} h of worker time (the "
+              "points' wall-clock summed over the worker processes that ran them side by side); raw rows in "
+              "`bench/results/pareto/pareto.json`.", END]
     return "\n".join(lines) + "\n"
 
 
