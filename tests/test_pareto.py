@@ -103,7 +103,11 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     searched = next(p for p in state["points"] if p["kind"] == "searched")
     assert searched["gap_db"] is not None and searched["search_equivalent_iters"] >= 1
     assert all((results / p["model"] / "config.json").is_file() for p in state["points"] if p["model"])
-    assert (results / "pareto.png").stat().st_size > 10_000 and pareto_report.START in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert (results / "pareto.png").stat().st_size > 10_000 and pareto_report.START in report
+    assert "with batch 2, patch 32, warmup 1;" in report  # the quick budget's changes to the recipe are named
+    hours = pareto_report.worker_hours(state["points"])
+    assert hours > 0 and f"they took {hours:.1f} h of worker time" in report
     rescored = run_srnas(*args, "--rescore")  # the same crops score the same: the figures and kept models hold
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     assert json.loads((results / "pareto.json").read_text())["points"] == state["points"]
