@@ -16,7 +16,7 @@ from models.unet import UNet
 from models.blocks import SKIP
 from search.costs import COST_OF, SlotCosts, count_params, slot_flops
 from search.data import CropSampler, has_split, load_pairs
-from search.objective import CostLossConfig, cost_loss
+from search.objective import TARGET_FORMS, CostLossConfig, cost_loss
 from search.relax import Relaxation, TemperatureSchedule
 from search.space import make_space
 from search.supernet import (arch_parameters, derive_arch, extract, mixed_ops, search_slots, space_config,
@@ -76,7 +76,7 @@ class SearchConfig(TrainConfig):
             return self.cost_on
         if self.relax == "gumbel-hard":
             return "sample"
-        if self.cost_loss.form == "budget":
+        if self.cost_loss.form in TARGET_FORMS:
             return "argmax"
         return "sample" if self.relax == "gumbel" else "probs"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -73,13 +74,23 @@ class StudyConfig:
     reps: int = 30  # timed runs per measurement round
     rounds: int = 7
     train_threads: int = 2
+    # Further searches against the same baselines: name -> {"search": overrides of the search recipe, and
+    # optionally "relaxations", "targets", "seeds"}. Adding one adds points and changes none.
+    tries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed study must share with the one that wrote the results (timing settings may change)."""
+        """What a resumed study must share with the one that wrote the results (timing settings may change, and
+        tries may be added: each try's settings are kept in its own rows)."""
         d = asdict(self)
-        for k in ("reps", "rounds", "train_threads"):
+        for k in ("reps", "rounds", "train_threads", "tries"):
             d.pop(k)
         return d
+
+    def try_settings(self, name: str) -> dict[str, Any]:
+        """A try's relaxations, targets, seeds and search overrides, the study's own where it names none."""
+        t = self.tries[name]
+        return {"relaxations": t.get("relaxations", self.relaxations), "targets": t.get("targets", self.targets),
+                "seeds": t.get("seeds", self.seeds), "search": t.get("search", {})}
 
 
 def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
@@ -92,6 +103,7 @@ def load_config(path: str | Path, **overrides: Any) -> StudyConfig:
 
 
 QUICK = {"targets": [1.5, 3.0], "seeds": [0], "baseline_seeds": [0], "temperature_targets": [3.0], "random_archs": 1,
+         "tries": {},
          "budget": 4, "val_crops": 1, "test_crops": 1, "reps": 2, "rounds": 1,
          "search": {"iters": 4, "batch": 2, "patch": 32, "warmup_alpha": 1, "cost_ramp": 1, "checkpoint_every": 2,
                     "score_crops": 1},
@@ -106,6 +118,12 @@ class Point:
     seed: int
     relax: str | None = None
     index: int = 0  # random architectures: which one
+    try_name: str | None = None  # searched: one of the study's tries (its own search overrides)
+
+    @property
+    def label(self) -> str | None:
+        """The relaxation as reports group it: a try's searches form their own group ("softmax+absolute")."""
+        return f"{self.relax}+{self.try_name}" if self.try_name else self.relax
 
 
 def plan(cfg: StudyConfig) -> list[Point]:
@@ -124,6 +142,10 @@ def plan(cfg: StudyConfig) -> list[Point]:
         first += [Point(f"{tag}-random{i}-s{cfg.seeds[0]}", "random", t, cfg.seeds[0], index=i)
                   for i in range(cfg.random_archs)]
         points += first + rest
+    for name in cfg.tries:  # after the study itself, so that adding a try leaves the plan's order as it was
+        t = cfg.try_settings(name)
+        points += [Point(f"t{target:g}x-searched-{r}+{name}-s{s}", "searched", target, s, r, try_name=name)
+                   for target in t["targets"] for s in t["seeds"] for r in t["relaxations"]]
     return points
 
 
@@ -151,14 +173,20 @@ class Study:
         raw.update(changes)
         return TrainConfig.from_dict(raw)
 
-    def search_cfg(self, relax: str, seed: int, target_s: float):  # -> SearchConfig
+    def search_cfg(self, relax: str, seed: int, target_s: float, try_name: str | None = None):  # -> SearchConfig
         from search.nas import SearchConfig
+        from search.objective import TARGET_FORMS
 
         raw = read_yaml(ROOT / self.cfg.search_recipe, f"{self.cfg.search_recipe}: cannot read")
         raw.update(preset=self.cfg.preset, space=self.cfg.space, data=self.cfg.data, threads=self.cfg.train_threads,
                    relax=relax, seed=seed, cost="latency", lut=str(_abs(self.cfg.lut)))
         raw.update(self.cfg.search)
-        loss = {**(raw.get("cost_loss") or {}), "form": "budget", "target_latency": target_s, "target_flops": None}
+        if try_name:  # a try changes single fields of a nested setting (cost_loss: {form: absolute}), not all
+            for k, v in self.cfg.try_settings(try_name)["search"].items():
+                raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+        form = (raw.get("cost_loss") or {}).get("form")
+        loss = {**(raw.get("cost_loss") or {}), "form": form if form in TARGET_FORMS else "budget",
+                "target_latency": target_s, "target_flops": None}
         raw["cost_loss"] = loss
         raw["temperature"] = {"steps": 0, **(raw.get("temperature") or {})}
         return SearchConfig.from_dict(raw)
@@ -334,7 +362,7 @@ class Study:
     def _searched(self, p: Point, run: Path) -> tuple[Path, dict[str, Any]]:
         from search.nas import SearchTrainer
 
-        scfg = self.search_cfg(p.relax or "softmax", p.seed, self.table_seconds(p.target))
+        scfg = self.search_cfg(p.relax or "softmax", p.seed, self.table_seconds(p.target), p.try_name)
         searcher = SearchTrainer(scfg, run / "search")
         searcher.resume()
         subnet = searcher.run(progress=False)
@@ -349,7 +377,9 @@ class Study:
                        "inherited_psnr_val": disc.get("inherited_psnr_y"), "skip_share": record["skip_share"],
                        "mean_entropy": float(np.mean(list(ents))), "min_margin": float(min(margins)),
                        "predicted_ms": self.table.predict(choices, 1) * 1e3,
-                       "target_table_ms": self.table_seconds(p.target) * 1e3}
+                       "target_table_ms": self.table_seconds(p.target) * 1e3,
+                       **({"try": {"name": p.try_name, "search": self.cfg.try_settings(p.try_name)["search"]}}
+                          if p.try_name else {})}
 
     def _classic(self, p: Point, run: Path) -> tuple[Path, dict[str, Any]]:
         from search.classic_train import ClassicConfig, ClassicTrainer
@@ -373,7 +403,7 @@ class Study:
         test = score(model, self.cfg.data, "test", self.cfg.test_crops)
         timing = self.measure(model)
         arch = extra.pop("arch", None)
-        row = {"name": p.name, "kind": p.kind, "relax": p.relax, "arch_id": baselines.arch_id(arch) if arch else None,
+        row = {"name": p.name, "kind": p.kind, "relax": p.label, "arch_id": baselines.arch_id(arch) if arch else None,
                "target": p.target, "target_ms": self.target_ms(p.target), "measured_ms": timing["ms"],
                "seed": p.seed, "train_iters": extra.pop("iters"), "train_seconds": _train_seconds(model),
                "psnr_val": val["psnr_y"], "psnr_test": test["psnr_y"], "ssim_test": test["ssim_y"],
@@ -443,8 +473,32 @@ def validate(cfg: StudyConfig) -> None:
                         f"(got {cfg.targets}): nothing can run faster than the floor")
     if not cfg.seeds or not cfg.baseline_seeds or cfg.budget < 1:
         raise UserError("seeds and baseline_seeds must not be empty, and budget must be >= 1")
+    _check_tries(cfg)
     _load_table(cfg)
     _check_data(cfg.data)
+
+
+def _check_tries(cfg: StudyConfig) -> None:
+    """Each try: a plain name (it becomes part of run folders and point names), known relaxations, targets above
+    the floor, and search overrides that the search's config accepts."""
+    from search.nas import SearchConfig
+
+    allowed = {f.name for f in dataclasses.fields(SearchConfig)}
+    for name, spec in cfg.tries.items():
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", str(name)) or not isinstance(spec, dict):
+            raise UserError(f"try {name!r}: a name of lower-case letters, digits and dashes, with a mapping of "
+                            "settings")
+        unknown = set(spec) - {"relaxations", "targets", "seeds", "search"}
+        t = cfg.try_settings(name)
+        bad = [r for r in t["relaxations"] if r not in RELAXATIONS]
+        fields = set(t["search"]) - allowed
+        if unknown or bad or fields or min(t["targets"], default=0) <= 1.0 or not t["seeds"]:
+            raise UserError(f"try {name!r}: " + "; ".join(filter(None, [
+                unknown and f"unknown settings {', '.join(sorted(unknown))}",
+                bad and f"unknown relaxation {', '.join(bad)}",
+                fields and f"the search has no setting {', '.join(sorted(fields))}",
+                (min(t["targets"], default=0) <= 1.0) and "targets must be above 1",
+                (not t["seeds"]) and "seeds must not be empty"])))
 
 
 def _abs(path: str | Path) -> Path:

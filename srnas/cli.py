@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from models.errors import UserError
 from search.configfile import read_yaml
+from search.objective import FORMS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -88,7 +89,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", help="search space (default, sr3nas)")
     p.add_argument("--relax", choices=["softmax", "temperature", "gumbel", "gumbel-hard"])
     p.add_argument("--cost", choices=["none", "flops", "latency", "both"])
-    p.add_argument("--loss-form", choices=["additive", "fbnet", "budget"])
+    p.add_argument("--loss-form", choices=FORMS)
     p.add_argument("--lambda-flops", type=float)
     p.add_argument("--lambda-latency", type=float)
     p.add_argument("--target-flops", type=float)

@@ -160,6 +160,12 @@ def test_cost_loss_forms():
     assert under.item() == pytest.approx(0.5) and over.item() == pytest.approx(1.5)
     over.backward()
     assert flops.grad.item() > 0  # only cost above the budget pulls alpha
+    flops.grad = None
+    below = cost_loss(task, CostLossConfig(form="absolute", target_flops=4e9), flops, None)
+    assert below.item() == pytest.approx(1.0)  # |2/4 - 1| = 0.5: cost below the target is penalised too
+    below.backward()
+    assert flops.grad.item() < 0  # and pulls the search up to its budget
+    assert cost_loss(task, CostLossConfig(form="absolute", target_flops=2e9), flops, None).item() == pytest.approx(0.5)
 
 
 def test_width_contexts_predict_every_subnet_exactly():

@@ -46,6 +46,37 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_written(run_srnas, tmp_pa
     assert not results.exists() and not (tmp_path / "run").exists()
 
 
+def test_tries_add_searches_after_the_study_and_keep_its_results_valid(tmp_path):
+    cfg = StudyConfig()
+    tried = StudyConfig(tries={"absolute": {"relaxations": ["softmax"], "targets": [2.0, 3.0],
+                                            "search": {"cost_loss": {"form": "absolute"}, "alpha_lr": 0.003}}})
+    before, after = plan(cfg), plan(tried)
+    assert [p.name for p in after[:len(before)]] == [p.name for p in before]  # the study's order is untouched
+    extra = after[len(before):]
+    assert [p.name for p in extra] == [f"t{t:g}x-searched-softmax+absolute-s{s}" for t in (2, 3) for s in (0, 1, 2)]
+    assert {p.label for p in extra} == {"softmax+absolute"} and tried.fingerprint() == cfg.fingerprint()
+    pareto.validate(tried)
+    study = pareto.Study(tried, tmp_path / "run", tmp_path / "results")
+    scfg = study.search_cfg("softmax", 0, 0.01, "absolute")
+    assert scfg.cost_loss.form == "absolute" and scfg.cost_loss.target_latency == 0.01 and scfg.alpha_lr == 0.003
+    plain = study.search_cfg("softmax", 0, 0.01)
+    assert plain.cost_loss.form == "budget" and plain.alpha_lr != 0.003
+
+
+@pytest.mark.parametrize("tries, message", [
+    ({"../x": {}}, "a name of lower-case letters"),
+    ({"a": {"relaxations": ["annealing"]}}, "unknown relaxation annealing"),
+    ({"a": {"search": {"alpha_rate": 1}}}, "the search has no setting alpha_rate"),
+    ({"a": {"targets": [1.0]}}, "targets must be above 1"),
+    ({"a": {"budget": 3}}, "unknown settings budget"),
+])
+def test_bad_tries_are_refused(tries, message):
+    from models.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        pareto.validate(StudyConfig(tries=tries))
+
+
 def test_an_empty_data_folder_is_refused(run_srnas, tmp_path):
     (tmp_path / "data").mkdir()
     r = run_srnas("pareto", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "data"))
