@@ -31,7 +31,7 @@ class CostLossConfig:
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"unknown cost loss form {self.form!r}; choose from {', '.join(FORMS)}")
-        for f in fields(self):  # YAML reads 0.7e9 as a string (YAML 1.1 wants 0.7e+9)
+        for f in fields(self):  # numbers given as text (a hand-built config, JSON from elsewhere) become floats
             value = getattr(self, f.name)
             if f.name != "form" and value is not None:
                 try:

@@ -492,13 +492,13 @@ def _check_tries(cfg: StudyConfig) -> None:
         t = cfg.try_settings(name)
         bad = [r for r in t["relaxations"] if r not in RELAXATIONS]
         fields = set(t["search"]) - allowed
-        if unknown or bad or fields or min(t["targets"], default=0) <= 1.0 or not t["seeds"]:
-            raise UserError(f"try {name!r}: " + "; ".join(filter(None, [
-                unknown and f"unknown settings {', '.join(sorted(unknown))}",
-                bad and f"unknown relaxation {', '.join(bad)}",
-                fields and f"the search has no setting {', '.join(sorted(fields))}",
-                (min(t["targets"], default=0) <= 1.0) and "targets must be above 1",
-                (not t["seeds"]) and "seeds must not be empty"])))
+        problems = [unknown and f"unknown settings {', '.join(sorted(unknown))}",
+                    bad and f"unknown relaxation {', '.join(bad)}",
+                    fields and f"the search has no setting {', '.join(sorted(fields))}",
+                    min(t["targets"], default=0) <= 1.0 and "targets must be above 1",
+                    not t["seeds"] and "seeds must not be empty"]
+        if any(problems):
+            raise UserError(f"try {name!r}: " + "; ".join(filter(None, problems)))
 
 
 def _abs(path: str | Path) -> Path:
