@@ -174,9 +174,12 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
                       f"{pick['ms']:.2f} ms/step."]
     progress = (f" of {planned} planned: **the study is still running**, and no verdict above is final"
                 if planned and len(points) < planned else "")
-    lines += ["", f"{len(points)} points{progress}; they took {worker_hours(points):.1f} h of worker time (the "
-              "points' wall-clock summed over the worker processes that ran them side by side); raw rows in "
-              "`bench/results/pareto/pareto.json`.", END]
+    own = [p for p in points if "try" not in p]
+    tried = (f", and the tries' {len(points) - len(own)} points {worker_hours(points) - worker_hours(own):.1f} h"
+             if len(own) < len(points) else "")
+    lines += ["", f"{len(points)} points{progress}; the study's own {len(own)} points took {worker_hours(own):.1f} h "
+              f"of worker time{tried} (the points' wall-clock summed over the worker processes that ran them side by "
+              "side); raw rows in `bench/results/pareto/pareto.json`.", END]
     return "\n".join(lines) + "\n"
 
 

@@ -723,6 +723,8 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="rewrite the plot and the report from pareto.json")
     p.add_argument("--retime-floor", action="store_true", help="time the floor again (on a quiet machine) and rescale "
                                                                "every figure, then rewrite the report")
+    p.add_argument("--retime", action="store_true", help="time the floor and every finished point again from the run "
+                                                         "folder (on a quiet machine), then rewrite the report")
     p.add_argument("--rescore", action="store_true", help="score every finished point again from the run folder "
                                                           "(after a change to the scoring crops), then rewrite the report")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "
@@ -742,7 +744,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
     shard = _shard(args.shard)
-    if args.workers < 1 or (args.workers > 1 and (args.rescore or args.retime_floor or args.report_only)):
+    upkeep = args.report_only or args.retime_floor or args.retime or args.rescore  # no new points
+    if args.workers < 1 or (args.workers > 1 and upkeep):
         raise UserError("--workers takes a positive number, and more than 1 only to run the study")
     out = Path(args.out)
     results = Path(args.results or (out / "results" if args.quick else pareto.ROOT / "bench" / "results" / "pareto"))
@@ -750,6 +753,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     study = pareto.Study(cfg, out, results, commit=args.commit, shard=shard)
     if args.retime_floor:
         print(f"floor: {study.retime_floor():.2f} ms/step")
+    if args.retime:
+        print(f"{study.retime()} points re-timed")
     if args.rescore:
         print(f"{study.rescore()} points rescored")
     if args.workers > 1:
@@ -757,7 +762,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             raise UserError("a worker process failed; rerun the same command to resume")
         with study.locked():
             pass  # read back what the workers saved
-    elif not (args.report_only or args.retime_floor or args.rescore):
+    elif not upkeep:
         study.run(progress=not args.no_progress)
     if args.shard:
         return 0  # the parent writes the report once every worker is done

@@ -89,6 +89,20 @@ def _row(name, kind, target, seed, test, val, ms, relax=None, **extra):
             "bicubic_psnr_test": 30.0, "test_crops": 32, **extra}
 
 
+def _state(points):
+    return {"points": points, "config": StudyConfig().fingerprint(), "host": "test host", "split": {"test": ["a"]},
+            "floor": {"measured_ms": 5.0, "predicted_ms": 4.0}, "targets": {"1": 5.0, "2": 10.0}}
+
+
+def test_the_report_counts_the_tries_time_apart_from_the_study():
+    points = [_row("f", "floor", 1.0, 0, 30.0, 30.0, 5.0, wall_seconds=2 * 3600),
+              _row("s", "searched", 2.0, 0, 31.0, 30.0, 10.0, "softmax", wall_seconds=3600),
+              _row("a", "searched", 2.0, 0, 31.0, 30.0, 10.0, "softmax+absolute", wall_seconds=1800,
+                   **{"try": {"name": "absolute", "search": {}}})]
+    text = pareto_report.markdown(_state(points), None)
+    assert "the study's own 2 points took 3.0 h of worker time, and the tries' 1 points 0.5 h" in text
+
+
 def test_verdicts_compare_at_matched_latency_and_select_on_val():
     points = [_row(f"s{s}", "searched", 2.0, s, 31.0 + 0.05 * s, 30.0, 10.0, "softmax", gap_db=0.3)
               for s in range(3)]
@@ -101,9 +115,7 @@ def test_verdicts_compare_at_matched_latency_and_select_on_val():
     assert v["baseline"]["kind"] == "narrowed" and v["baseline"]["test"] == pytest.approx(30.6)  # far one excluded
     assert v["margin"] == pytest.approx(31.05 - 30.6) and v["beats_baselines"]
     assert v["classic"]["test"] == pytest.approx(31.2) and not v["matches_classic"]
-    text = pareto_report.markdown({"points": points, "config": StudyConfig().fingerprint(), "host": "test host",
-                                   "floor": {"measured_ms": 5.0, "predicted_ms": 4.0}, "split": {"test": ["a"]},
-                                   "targets": {"1": 5.0, "2": 10.0}}, None)
+    text = pareto_report.markdown(_state(points), None)
     assert text.startswith(pareto_report.START) and "random (best of 2 on val)" not in text.split("| 2× | softmax")[1]
     pick = pareto_report.pick_default(points + [_row("cheap", "searched", 1.5, 0, 29.0, 29.95, 7.0, "softmax")])
     assert pick["name"] == "cheap"  # within 0.1 dB of the best val group, and faster
@@ -138,13 +150,23 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     assert (results / "pareto.png").stat().st_size > 10_000 and pareto_report.START in report
     assert "with batch 2, patch 32, warmup 1;" in report  # the quick budget's changes to the recipe are named
     hours = pareto_report.worker_hours(state["points"])
-    assert hours > 0 and f"they took {hours:.1f} h of worker time" in report
+    assert hours > 0 and f"own {len(names)} points took {hours:.1f} h of worker time" in report
     rescored = run_srnas(*args, "--rescore")  # the same crops score the same: the figures and kept models hold
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     assert json.loads((results / "pareto.json").read_text())["points"] == state["points"]
+    retimed = run_srnas(*args, "--retime")  # the floor and every point timed again, in this one process
+    assert retimed.returncode == 0, retimed.stderr[-2000:]
+    fresh = json.loads((results / "pareto.json").read_text())
+    floor_ms = fresh["floor"]["measured_ms"]
+    assert floor_ms != state["floor"]["measured_ms"] and len(fresh["points"]) == len(state["points"])
+    for p in fresh["points"]:
+        assert p["retimed"] and p["measured_ms"] == pytest.approx(p["ratio_to_floor"] * floor_ms)
+        assert p["target_ms"] == pytest.approx(p["target"] * floor_ms)
+    state = fresh
     shutil.rmtree(out)  # the run folder is gone (a reset machine): the results folder alone resumes
-    lost = run_srnas(*args, "--rescore")
-    assert lost.returncode == 2 and "no model folder for floor-s0" in lost.stderr
+    for upkeep in ("--rescore", "--retime"):
+        lost = run_srnas(*args, upkeep)
+        assert lost.returncode == 2 and "no model folder for floor-s0" in lost.stderr
     again = run_srnas(*args)
     assert again.returncode == 0 and json.loads((results / "pareto.json").read_text()) == state
     other = run_srnas("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "3")
