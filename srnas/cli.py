@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -790,6 +791,9 @@ def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> 
     same += [f"--targets={','.join(f'{t:g}' for t in args.targets)}"] if args.targets else []
     same += [f"--results={results}", f"--markdown={markdown}", "--no-progress"]
     same += [flag for flag, on in (("--commit", args.commit), ("--quick", args.quick)) if on]
+    # `kill` (SIGTERM) would end this process alone and leave its workers running the plan, which a restart then
+    # runs a second time in the same run folders: exit through `finally`, which stops them
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, f"--shard={k}/{args.workers}"])
              for k in range(args.workers)]
     try:

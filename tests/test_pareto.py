@@ -1,11 +1,15 @@
 """The Pareto study: its plan, its refusals, its report, and one --quick run end to end."""
 import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from search import pareto, pareto_report
+from tests.conftest import srnas_cmd
 from search.pareto import StudyConfig, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,3 +182,24 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     for old, new in zip(state["points"], after["points"]):  # ratios to the floor are kept, times rescaled
         assert new["ratio_to_floor"] == old["ratio_to_floor"]
         assert new["measured_ms"] == pytest.approx(old["measured_ms"] * scale)
+
+
+def test_stopping_the_study_stops_its_workers(tmp_path):
+    """A study killed with SIGTERM takes its worker processes with it: left running, they would run the plan a
+    second time beside a restarted study, in the same run folders."""
+    import psutil
+
+    cmd = [*srnas_cmd(), "pareto", "--quick", "--out", str(tmp_path / "run"), "--results", str(tmp_path / "results"),
+           "--targets", "2", "--relax", "gumbel-hard", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parent, workers = psutil.Process(proc.pid), []
+    for _ in range(600):
+        workers = parent.children(recursive=True)
+        if len(workers) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(workers) == 2, "the study started no workers"
+    proc.terminate()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    assert not alive, f"workers left running: {[w.pid for w in alive]}"
