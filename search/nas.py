@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,11 @@ class SearchConfig(TrainConfig):
     cost_on: str = "auto"  # which architecture the cost prices: auto, probs, sample or argmax (search.costs)
     skip_cap: float = 0.5  # skip control: expected share of second units choosing skip above this is penalised
     lambda_skip: float = 1.0  # ... with this weight (0: no skip control)
+    # The task loss's gradient on alpha can be far smaller than the cost's (1e-5 against 3e-3 per component on
+    # the tiny preset), and Adam's per-parameter scaling then leaves the task no say. `balance_alpha` rescales
+    # the task's alpha-gradient, every step, to the RMS of the gradient of the unweighted target penalty
+    # |cost/target - 1|: lambda_budget = 1 then weighs cost and task alike (target forms only).
+    balance_alpha: bool = False
     skip_warning: float = 0.5  # warn when more than this share of second units collapse to skip
     score_crops: int = 4  # val crops per image for the supernet-vs-inherited-subnet score at the end (0: none)
     log_alpha_every: int = 10  # rows of alpha_log.csv (every slot x candidate) every n steps
@@ -66,6 +72,9 @@ class SearchConfig(TrainConfig):
             raise ValueError("a latency cost needs --lut (made by `srnas profile`)")
         if self.cost_on not in ("auto",) + COST_OF:
             raise ValueError(f"unknown cost_on {self.cost_on!r}; choose from auto, {', '.join(COST_OF)}")
+        if self.balance_alpha and self.cost_loss.form not in TARGET_FORMS:
+            raise ValueError(f"balance_alpha needs a cost form with a target ({', '.join(TARGET_FORMS)}), not "
+                             f"{self.cost_loss.form!r}")
         Relaxation(self.relax)
 
     def priced(self) -> str:
@@ -97,6 +106,19 @@ def skip_share(arch: dict[str, str]) -> float:
     """Share of second units that chose skip: the sign of a search collapsing to skip connections."""
     unit2 = [v for k, v in arch.items() if k.endswith(".unit2")]
     return sum(v == SKIP for v in unit2) / max(len(unit2), 1)
+
+
+def _grads(value: torch.Tensor, params: list[torch.Tensor], retain: bool = False) -> list[torch.Tensor]:
+    """d value / d params, zeros where it does not depend on them."""
+    if not value.requires_grad:
+        return [torch.zeros_like(p) for p in params]
+    grads = torch.autograd.grad(value, params, retain_graph=retain, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def _rms(grads: list[torch.Tensor]) -> float:
+    flat = torch.cat([g.detach().double().flatten() for g in grads])
+    return float(flat.pow(2).mean().sqrt()) if flat.numel() else 0.0
 
 
 def expected_skip_share(net: torch.nn.Module) -> torch.Tensor:
@@ -183,22 +205,45 @@ class SearchTrainer(Trainer):
         task = self.task_loss(hr, bic)  # draws this step's sample (Gumbel runs)
         flops, latency = self.expected_costs(cfg.priced())
         scale = self.cost_scale()
-        loss = cost_loss(task, cfg.cost_loss, flops, latency, scale)
         skip = expected_skip_share(self.net)
-        if cfg.lambda_skip > 0:
-            loss = loss + cfg.lambda_skip * torch.relu(skip - cfg.skip_cap)
+        skip_term = cfg.lambda_skip * torch.relu(skip - cfg.skip_cap) if cfg.lambda_skip > 0 else 0.0
         self.alpha_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.balance_alpha:  # a target form: the cost is a term of its own, beside the task
+            rest = cost_loss(torch.zeros((), dtype=torch.float64), cfg.cost_loss, flops, latency, scale) + skip_term
+            loss = task + rest
+            gain = self._balanced_backward(task, rest, flops, latency)
+        else:
+            loss = cost_loss(task, cfg.cost_loss, flops, latency, scale) + skip_term
+            loss.backward()
         self.alpha_opt.step()
         return {"alpha_task_loss": float(task.item()), "alpha_loss": float(loss.item()), "cost_scale": scale,
+                **({"task_gain": gain} if cfg.balance_alpha else {}),
                 "priced_latency_ms": float(latency.detach()) * 1e3 if latency is not None else "",
                 "expected_skip_share": float(skip.detach())}
+
+    def _balanced_backward(self, task: torch.Tensor, rest: torch.Tensor, flops: torch.Tensor | None,
+                           latency: torch.Tensor | None) -> float:
+        """alpha.grad = g_task * RMS(g_unit) / RMS(g_task) + g_rest, where g_unit is the gradient of the
+        unweighted target penalty and g_rest that of the weighted cost and skip terms (alpha alone)."""
+        alphas = arch_parameters(self.net)
+        task.backward()  # through the network (and DDP's gradient averaging): the alphas' .grad
+        unit = cost_loss(torch.zeros((), dtype=torch.float64), dataclasses.replace(
+            self.cfg.cost_loss, form="absolute", lambda_budget=1.0), flops, latency)
+        g_unit = _grads(unit, alphas, retain=True)
+        g_rest = _grads(rest, alphas)
+        g_task = [a.grad if a.grad is not None else torch.zeros_like(a) for a in alphas]
+        ref, own = _rms(g_unit), _rms(g_task)
+        gain = ref / own if ref > 0 and own > 0 else 1.0  # no target priced: the task's gradient as it is
+        for a, gt, gr in zip(alphas, g_task, g_rest):
+            a.grad = gt * gain + gr.to(gt.dtype)
+        return gain
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
         self.relax.step = max(0, self.step - cfg.warmup_alpha)
         row: dict[str, Any] = {"loss": self.weight_step(), "lr": self.opt.param_groups[0]["lr"],
-                               "alpha_task_loss": "", "alpha_loss": "", "cost_scale": 0.0, "priced_latency_ms": "",
+                               "alpha_task_loss": "", "alpha_loss": "", "cost_scale": 0.0,
+                               **({"task_gain": ""} if cfg.balance_alpha else {}), "priced_latency_ms": "",
                                "expected_skip_share": ""}
         if self.step >= cfg.warmup_alpha and (self.step - cfg.warmup_alpha) % cfg.alpha_every == 0:
             row.update(self.alpha_step())

@@ -102,6 +102,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost-ramp", type=int, help="alpha steps over which the cost weight ramps in")
     p.add_argument("--skip-cap", type=float, help="expected share of second units on skip above which it is penalised")
     p.add_argument("--lambda-skip", type=float, help="weight of the skip penalty (0: off)")
+    p.add_argument("--balance-alpha", action="store_true", default=None,
+                   help="rescale the task's alpha-gradient to the target penalty's, so that lambda_budget 1 weighs "
+                        "cost and task alike (budget and absolute forms)")
     p.add_argument("--score-crops", type=int, help="val crops per image for the discretization gap (0: not scored)")
     p.add_argument("--t-schedule", choices=["tanh", "linear", "exp"])
     p.add_argument("--t-max", type=float)
@@ -172,7 +175,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     fields = _config_fields(args)
     for key in ("space", "relax", "cost", "lut", "warmup_alpha", "alpha_lr", "cost_ramp", "skip_cap", "lambda_skip",
-                "score_crops"):
+                "balance_alpha", "score_crops"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     loss = dict(fields.pop("cost_loss", {}) or {})

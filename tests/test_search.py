@@ -136,3 +136,37 @@ def test_yaml_exponents_become_numbers():
 def test_search_rejects_latency_without_a_table(run_srnas, tmp_path):
     proc = run_srnas("search", "--cost", "latency", "--iters", "1", "--out", tmp_path)
     assert proc.returncode == 2 and "needs --lut" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_balance_brings_the_task_gradient_to_the_cost_penalty_scale(tmp_path):
+    from search.nas import _grads, _rms
+    from search.objective import CostLossConfig
+
+    loss = CostLossConfig(form="absolute", target_flops=1e6, lambda_budget=0.0)  # the task's gradient alone
+    t = SearchTrainer(SearchConfig(iters=2, warmup_alpha=0, alpha_lr=0.0, balance_alpha=True, lambda_skip=0.0,
+                                   cost_loss=loss, **TOY), tmp_path)
+    row = t.alpha_step()
+    alphas = arch_parameters(t.net)
+    flops, _ = t.expected_costs(t.cfg.priced())
+    unit = _rms(_grads(torch.abs(flops / 1e6 - 1), alphas))
+    assert unit > 0 and row["task_gain"] > 0
+    assert _rms([a.grad for a in alphas]) == pytest.approx(unit, rel=1e-4)
+
+
+def test_balance_needs_a_target(run_srnas, tmp_path):
+    proc = run_srnas("search", "--balance-alpha", "--loss-form", "additive", "--iters", "1", "--out", tmp_path)
+    assert proc.returncode == 2 and "balance_alpha needs a cost form with a target" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_alpha_gradient_report_on_a_finished_search(tmp_path):
+    from bench.alpha_gradients import measure
+    from search.objective import CostLossConfig
+
+    loss = CostLossConfig(form="budget", target_flops=1e6)
+    SearchTrainer(SearchConfig(iters=2, warmup_alpha=0, cost_loss=loss, **TOY), tmp_path).run(progress=False)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = measure(tmp_path, batches=3)
+    assert r["step"] == 2 and r["batches"] == 3 and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert r["task_grad_abs"] > 0 and r["cost_grad_abs"] > 0 and r["task_snr_median"] >= 0
+    assert r["alpha_held_by_decay"] == pytest.approx(r["task_mean_grad_abs"] / 1e-3)
