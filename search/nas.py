@@ -226,11 +226,13 @@ class SearchTrainer(Trainer):
         """alpha.grad = g_task * RMS(g_unit) / RMS(g_task) + g_rest, where g_unit is the gradient of the
         unweighted target penalty and g_rest that of the weighted cost and skip terms (alpha alone)."""
         alphas = arch_parameters(self.net)
-        task.backward()  # through the network (and DDP's gradient averaging): the alphas' .grad
         unit = cost_loss(torch.zeros((), dtype=torch.float64), dataclasses.replace(
             self.cfg.cost_loss, form="absolute", lambda_budget=1.0), flops, latency)
+        # the alpha-only terms first: a priced Gumbel sample shares its part of the graph with the forward's,
+        # which the task's backward then frees
         g_unit = _grads(unit, alphas, retain=True)
-        g_rest = _grads(rest, alphas)
+        g_rest = _grads(rest, alphas, retain=True)
+        task.backward()  # through the network (and DDP's gradient averaging): the alphas' .grad
         g_task = [a.grad if a.grad is not None else torch.zeros_like(a) for a in alphas]
         ref, own = _rms(g_unit), _rms(g_task)
         gain = ref / own if ref > 0 and own > 0 else 1.0  # no target priced: the task's gradient as it is
