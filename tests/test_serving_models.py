@@ -124,8 +124,11 @@ def test_concurrent_requests_of_both_models_batch_apart(server):
     sampling loop: every answer equals the same request made alone (runtime batch-size rounding at most)."""
     jobs = [(png(64, 64, 8 * i), {"model": ("default", "real")[i % 2], "steps": 12, "seed": i}) for i in range(12)]
     before = merged_batches(server)
-    with ThreadPoolExecutor(6) as pool:
-        together = list(pool.map(lambda j: post(server, j[0], **j[1]), jobs))
+    for _ in range(4):  # a burst can reach a busy host spread out, each request alone in its worker: try again
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(lambda j: post(server, j[0], **j[1]), jobs))
+        if merged_batches(server) > before:
+            break
     assert merged_batches(server) > before  # tiles of concurrent requests did share adaptive batches
     for (data, fields), r in zip(jobs[:4], together[:4]):
         alone = pixels(post(server, data, **fields))
