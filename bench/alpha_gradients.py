@@ -11,7 +11,6 @@ cancels the task's mean pull.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -21,8 +20,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import read_json
-from search.nas import SearchConfig, SearchTrainer, _grads
-from search.objective import cost_loss
+from search.nas import SearchConfig, SearchTrainer, grads_of, unit_penalty
 from search.supernet import arch_parameters
 
 
@@ -42,12 +40,10 @@ def measure(search_dir: Path, batches: int) -> dict[str, float]:
         task = []
         for _ in range(batches):
             bic, hr = trainer.batch(trainer.alpha_data)
-            task.append(_centred(_grads(trainer.task_loss(hr, bic), alphas)))
+            task.append(_centred(grads_of(trainer.task_loss(hr, bic), alphas)))
         flops, latency = trainer.expected_costs(cfg.priced())
         # the pull of |cost / target - 1| at lambda 1, over or under the target alike
-        unit = cost_loss(torch.zeros((), dtype=torch.float64), dataclasses.replace(
-            cfg.cost_loss, form="absolute", lambda_budget=1.0), flops, latency)
-        cost = _centred(_grads(unit, alphas))
+        cost = _centred(grads_of(unit_penalty(cfg.cost_loss, flops, latency), alphas))
     g = np.array(task)
     mean, std = g.mean(0), g.std(0, ddof=1)
     snr = np.abs(mean) / np.maximum(std, 1e-30)

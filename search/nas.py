@@ -108,7 +108,13 @@ def skip_share(arch: dict[str, str]) -> float:
     return sum(v == SKIP for v in unit2) / max(len(unit2), 1)
 
 
-def _grads(value: torch.Tensor, params: list[torch.Tensor], retain: bool = False) -> list[torch.Tensor]:
+def unit_penalty(loss: CostLossConfig, flops: torch.Tensor | None, latency: torch.Tensor | None) -> torch.Tensor:
+    """|cost/target - 1| at weight 1: the scale `balance_alpha` brings the task's alpha-gradient to."""
+    return cost_loss(torch.zeros((), dtype=torch.float64), dataclasses.replace(loss, form="absolute",
+                                                                               lambda_budget=1.0), flops, latency)
+
+
+def grads_of(value: torch.Tensor, params: list[torch.Tensor], retain: bool = False) -> list[torch.Tensor]:
     """d value / d params, zeros where it does not depend on them."""
     if not value.requires_grad:
         return [torch.zeros_like(p) for p in params]
@@ -226,12 +232,11 @@ class SearchTrainer(Trainer):
         """alpha.grad = g_task * RMS(g_unit) / RMS(g_task) + g_rest, where g_unit is the gradient of the
         unweighted target penalty and g_rest that of the weighted cost and skip terms (alpha alone)."""
         alphas = arch_parameters(self.net)
-        unit = cost_loss(torch.zeros((), dtype=torch.float64), dataclasses.replace(
-            self.cfg.cost_loss, form="absolute", lambda_budget=1.0), flops, latency)
+        unit = unit_penalty(self.cfg.cost_loss, flops, latency)
         # the alpha-only terms first: a priced Gumbel sample shares its part of the graph with the forward's,
         # which the task's backward then frees
-        g_unit = _grads(unit, alphas, retain=True)
-        g_rest = _grads(rest, alphas, retain=True)
+        g_unit = grads_of(unit, alphas, retain=True)
+        g_rest = grads_of(rest, alphas, retain=True)
         task.backward()  # through the network (and DDP's gradient averaging): the alphas' .grad
         g_task = [a.grad if a.grad is not None else torch.zeros_like(a) for a in alphas]
         ref, own = _rms(g_unit), _rms(g_task)

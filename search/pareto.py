@@ -276,8 +276,7 @@ class Study:
     def retime_floor(self) -> float:
         """Time the floor alone again (in a quiet process) and rescale every figure of the study by the change:
         the points' measurements are ratios to the floor, so they keep their meaning."""
-        floor = self._stored_floor()
-        new = self.watch.set_floor(UNet(dataclasses.replace(self.supernet.cfg, arch=floor["arch"])))
+        new = self._time_floor()
         scale = self._rescale(new)
         for p in self.state["points"]:
             p["measured_ms"] *= scale
@@ -289,8 +288,8 @@ class Study:
         each point while the other workers train, and the ratio to the floor still moves with their load (the
         same FSRCNN measured 1.49-1.81x); on a quiet machine this gives the figures the verdicts match on."""
         dirs = self._model_dirs("retime")
-        floor = self._stored_floor()
-        self._rescale(self.watch.set_floor(UNet(dataclasses.replace(self.supernet.cfg, arch=floor["arch"]))))
+        self._rescale(self._time_floor())
+        floor = self.state["floor"]
         for row in tqdm(self.state["points"], desc="retime", unit="point"):
             timing = self.measure(dirs[row["name"]])
             row.update(measured_ms=timing["ms"], ratio_to_floor=timing["ratio_to_floor"], raw_ms=timing["raw_ms"],
@@ -299,10 +298,11 @@ class Study:
                    f"{floor['measured_ms']:.2f} ms/step")
         return len(dirs)
 
-    def _stored_floor(self) -> dict[str, Any]:
+    def _time_floor(self) -> float:
+        """The stored floor architecture timed alone again (the stopwatch's new reference)."""
         if not self.state.get("floor"):
             raise UserError(f"{self.state_path}: no floor timed yet; run the study first")
-        return self.state["floor"]
+        return self.watch.set_floor(UNet(dataclasses.replace(self.supernet.cfg, arch=self.state["floor"]["arch"])))
 
     def _rescale(self, floor_ms: float) -> float:
         """Store a new time of the floor; targets (multiples of it) and sizings follow. Returns new / old."""

@@ -140,7 +140,7 @@ def test_search_rejects_latency_without_a_table(run_srnas, tmp_path):
 
 @pytest.mark.parametrize("relax", ["softmax", "gumbel-hard"])  # hard Gumbel prices the forward's own sample
 def test_balance_brings_the_task_gradient_to_the_cost_penalty_scale(tmp_path, relax):
-    from search.nas import _grads, _rms
+    from search.nas import _rms, grads_of
     from search.objective import CostLossConfig
 
     loss = CostLossConfig(form="absolute", target_flops=1e6, lambda_budget=0.0)  # the task's gradient alone
@@ -151,7 +151,7 @@ def test_balance_brings_the_task_gradient_to_the_cost_penalty_scale(tmp_path, re
     assert row["task_gain"] > 0 and _rms([a.grad for a in alphas]) > 0
     if relax == "softmax":  # (a Gumbel step's sample, and its graph, are gone once the step is done)
         flops, _ = t.expected_costs(t.cfg.priced())
-        unit = _rms(_grads(torch.abs(flops / 1e6 - 1), alphas))
+        unit = _rms(grads_of(torch.abs(flops / 1e6 - 1), alphas))
         assert _rms([a.grad for a in alphas]) == pytest.approx(unit, rel=1e-4)
 
 
