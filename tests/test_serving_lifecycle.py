@@ -67,8 +67,9 @@ def test_readyz_false_until_model_loaded(bento_home, tmp_path):
 @pytest.mark.parametrize("bound,why,retry", [
     # our admission bound: Retry-After from the work queued ahead
     ({"SRNAS_MAX_INFLIGHT_REQUESTS": "2"}, "requests in flight (at most 2)", None),
-    # BentoML's batching queue drops late tile jobs when its own bound is set: the configured Retry-After
-    ({"SRNAS_MAX_LATENCY_MS": "100"}, "latency bound", "3"),
+    # BentoML's batching queue drops late tile jobs when its own bound is set: the configured Retry-After. Every
+    # request goes through that queue: one that arrives alone would otherwise run direct, past the bound
+    ({"SRNAS_MAX_LATENCY_MS": "100", "SRNAS_SOLO_DIRECT": "0"}, "latency bound", "3"),
 ])
 def test_overload_answers_503_with_retry_after(bento_home, tmp_path, bound, why, retry):
     srv = start({"BENTOML_HOME": str(bento_home), "SRNAS_RETRY_AFTER_S": "3", **bound}, tmp_path / "serve.log")
