@@ -34,7 +34,7 @@ serve: install
 # Two passes: the unit and CLI tests on both CPUs (pytest-xdist), then the tests marked slow (real servers
 # under load, with their own timing-sensitive checks) alone, so that they never share the CPUs.
 test: install-test
-	$(BIN)/python -m pytest -q -rs --durations=10 -n 2 -m "not slow"
+	$(BIN)/python -m pytest -q -rs --durations=10 -n 2 --dist loadscope --no-loadscope-reorder -m "not slow"
 	$(BIN)/python -m pytest -q -rs --durations=10 -m slow
 
 # Locust against a freshly started `bentoml serve` (SHAPE = ramp | soak | spike | smoke | observe from

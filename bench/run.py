@@ -83,7 +83,8 @@ def run(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         report["models"][name] = {
             "path": path, "params": count_params(bundle.net), "flops_per_step": flops[1], "served_steps": steps,
             "served_sampler": bundle.defaults["sampler"], "rows": rows, "predicted_onnxruntime": predicted,
-            "levels": by_level(levels_in_subprocess(path, cfg.level_batch, threads)), "level_batch": cfg.level_batch}
+            "levels": by_level(levels_in_subprocess(path, cfg.level_batch, threads, cfg.reps)),
+            "level_batch": cfg.level_batch, "level_reps": cfg.reps}
     return report
 
 

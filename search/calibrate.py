@@ -7,8 +7,11 @@ always gives the same references, on any host.
 """
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -78,28 +81,13 @@ def write_kit(model_dir: str | Path, table: LatencyTable, source: str, supernet:
     """Put the calibration kit into a model folder, so that a server can map `table` onto its host without torch:
     the reference blocks and networks as ONNX files (exported once, random weights: only their time matters), and
     this table's seconds for each of them under `source`, beside those of tables added before."""
-    from export.onnx_export import to_onnx
-
     cfg = cfg or CalibrateConfig()
     kit_dir = Path(model_dir) / KIT_DIR
     kit = read_kit(model_dir) or {"preset": table.meta.get("preset"), "space": table.meta.get("space"), "size": size,
                                   "blocks": [], "nets": [], "tables": {}}
     if not kit["blocks"]:
         kit_dir.mkdir(parents=True, exist_ok=True)
-        _, modules = _slot_shapes(supernet, size)
-        for i, e in enumerate(pick_blocks(table.entries, cfg.per_candidate)):
-            module, args = modules[(e["slot"], e["candidate"], tuple(e["shape"][1:]), tuple(e["out_shape"][1:]))]
-            names = [f"input{j}" for j in range(len(args))]
-            (kit_dir / f"block{i:02d}.onnx").write_bytes(to_onnx(_zeroed(module), args, names))
-            kit["blocks"].append({"file": f"block{i:02d}.onnx", "candidate": e["candidate"], "slot": e["slot"],
-                                  "shape": e["shape"][1:], "out_shape": e["out_shape"][1:],
-                                  "inputs": {n: list(a.shape[1:]) for n, a in zip(names, args)}})
-        for i, arch in enumerate(reference_nets(supernet, cfg.nets)):
-            net = _zeroed(extract(supernet, arch))
-            args = (torch.zeros(1, net.cfg.in_channels, size, size), torch.full((1,), 0.5))
-            (kit_dir / f"net{i}.onnx").write_bytes(to_onnx(net, args, ["x", "noise_level"]))
-            kit["nets"].append({"file": f"net{i}.onnx", "arch": arch,
-                                "inputs": {"x": [net.cfg.in_channels, size, size], "noise_level": []}})
+        _export_references(kit, kit_dir, (source, table), supernet, cfg, size)
     batches = sorted(table.fixed)
     kit["tables"][source] = {
         "host": table.meta.get("host"), "threads": table.meta.get("threads"),
@@ -111,11 +99,45 @@ def write_kit(model_dir: str | Path, table: LatencyTable, source: str, supernet:
     return kit
 
 
+# Reference files already exported in this process, by what decides them: a pipeline deploys every model of a
+# preset against one table, and each export of the same ~40 networks took about a minute
+_EXPORTED: dict[str, tuple[Path, list, list]] = {}
+
+
+def _export_references(kit: dict[str, Any], kit_dir: Path, named: tuple[str, LatencyTable], supernet: UNet,
+                       cfg: CalibrateConfig, size: int) -> None:
+    """The kit's reference blocks and networks as ONNX files in kit_dir, with their records in `kit`."""
+    source, table = named
+    key = json.dumps([source, table.meta.get("host"), table.meta.get("created"), table.meta.get("version"),
+                      supernet.cfg.to_dict(), asdict(cfg), size], sort_keys=True, default=str)
+    done = _EXPORTED.get(key)
+    if done and all((done[0] / r["file"]).is_file() for r in done[1] + done[2]):
+        for r in done[1] + done[2]:
+            shutil.copyfile(done[0] / r["file"], kit_dir / r["file"])
+        kit["blocks"], kit["nets"] = copy.deepcopy(done[1]), copy.deepcopy(done[2])
+        return
+    from export.onnx_export import to_onnx
+
+    _, modules = _slot_shapes(supernet, size)
+    for i, e in enumerate(pick_blocks(table.entries, cfg.per_candidate)):
+        module, args = modules[(e["slot"], e["candidate"], tuple(e["shape"][1:]), tuple(e["out_shape"][1:]))]
+        names = [f"input{j}" for j in range(len(args))]
+        (kit_dir / f"block{i:02d}.onnx").write_bytes(to_onnx(_zeroed(module), args, names))
+        kit["blocks"].append({"file": f"block{i:02d}.onnx", "candidate": e["candidate"], "slot": e["slot"],
+                              "shape": e["shape"][1:], "out_shape": e["out_shape"][1:],
+                              "inputs": {n: list(a.shape[1:]) for n, a in zip(names, args)}})
+    for i, arch in enumerate(reference_nets(supernet, cfg.nets)):
+        net = _zeroed(extract(supernet, arch))
+        args = (torch.zeros(1, net.cfg.in_channels, size, size), torch.full((1,), 0.5))
+        (kit_dir / f"net{i}.onnx").write_bytes(to_onnx(net, args, ["x", "noise_level"]))
+        kit["nets"].append({"file": f"net{i}.onnx", "arch": arch,
+                            "inputs": {"x": [net.cfg.in_channels, size, size], "noise_level": []}})
+    _EXPORTED[key] = (kit_dir, copy.deepcopy(kit["blocks"]), copy.deepcopy(kit["nets"]))
+
+
 def _zeroed(module: torch.nn.Module) -> torch.nn.Module:
     """A copy with every weight zero: the same operators and shapes, so the same time, in files that compress to
     almost nothing in git and in wheels (the kit's networks would otherwise add megabytes of random weights)."""
-    import copy
-
     out = copy.deepcopy(module)
     with torch.no_grad():
         for p in out.parameters():

@@ -1,7 +1,6 @@
 """Cost models: parameters and FLOPs as torch.utils.flop_counter counts them, and the expected cost of a supernet."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import torch
@@ -106,7 +105,9 @@ def _count_slot_flops(net: UNet, size: int, batch: int) -> SlotCosts:
     seen: dict[tuple, float] = {}  # most slots look the same in many width contexts: count each block once
     for combo in width_combos(net):
         ctx, narrow = context_key(combo, names), at_widths(net, combo)
-        inputs = slot_inputs(narrow, size, batch)
+        # slot_inputs runs the network once with each slot's first candidate: the same pass prices the rest
+        with FlopCounterMode(display=False) as whole:
+            inputs = slot_inputs(narrow, size, batch)
         for m in mixed_ops(narrow).values():
             per_slot[m.slot][ctx] = {}
             for name in m.names:
@@ -117,8 +118,5 @@ def _count_slot_flops(net: UNet, size: int, batch: int) -> SlotCosts:
                         block(*inputs[m.slot])
                     seen[key] = float(counter.get_total_flops())
                 per_slot[m.slot][ctx][name] = seen[key]
-        first = {m.slot: m.names[0] for m in mixed_ops(narrow).values()}  # any one plain subnet
-        plain = UNet(dataclasses.replace(net.cfg, arch={**net.cfg.arch, **combo, **first}))
-        fixed[ctx] = count_flops(plain, size, batch, net.cfg.in_channels) - sum(
-            per_slot[s][ctx][c] for s, c in first.items())
+        fixed[ctx] = whole.get_total_flops() - sum(per_slot[m.slot][ctx][m.names[0]] for m in mixed_ops(narrow).values())
     return SlotCosts(fixed, per_slot)

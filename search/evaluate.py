@@ -140,10 +140,11 @@ def write_outputs(out: Path, report: dict[str, Any], crops: list, best: tuple, b
     from search.figures import comparison_grid, trajectory_grid
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     row, sr = best
+    steps = min(max(row["steps"], cfg.trajectory_steps), bundle.diffusion.schedule.T)
+    report["trajectory"] = {"sampler": row["sampler"], "steps": steps}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     comparison_grid(crops, sr, out / "grid.png", f"{row['sampler']} {row['steps']} steps")
     n = min(4, len(crops))
-    steps = min(max(row["steps"], cfg.trajectory_steps), bundle.diffusion.schedule.T)
     trajectory_grid(bundle, np.stack([c[2] for c in crops[:n]]), SamplerConfig(row["sampler"], steps, cfg.eta),
                     tile_seeds(cfg.seed, n), out / "trajectory.png")

@@ -421,7 +421,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="default: base=models/weights/base-tiny default=models/weights/default")
     p.add_argument("--batches", type=_int_list, default=[1, 4, 8, 16])
     p.add_argument("--backends", type=_str_list, help="default: all that can run here")
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=int, default=20, help="timed runs per median: each backend and batch, each level")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default="bench/results/bench.json")
     p.add_argument("--markdown", help="write the report's section into this file (e.g. BENCHMARKS.md)")
@@ -471,6 +471,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="JPEG-compress each LR image at this quality (1-100) first, as photos arrive (0: off)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trajectory-steps", type=int,
+                   help="steps of the path that trajectory.png follows, at least the best setting's (default: 20)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where the network runs: cpu or cuda")
     p.add_argument("--out", default="runs/eval", help="folder for metrics.json, grid.png, trajectory.png")
@@ -493,12 +495,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for s in args.samplers:
         for k in args.steps:
             SamplerConfig(s, k, args.eta).validate(bundle.diffusion.schedule.T)
-    if args.crops < 1 or args.batch < 1:
-        raise UserError("--crops and --batch must be >= 1")
+    if args.crops < 1 or args.batch < 1 or (args.trajectory_steps is not None and args.trajectory_steps < 1):
+        raise UserError("--crops, --batch and --trajectory-steps must be >= 1")
     if not 0 <= args.lr_jpeg <= 100:
         raise UserError("--lr-jpeg must be a JPEG quality in 1..100 (0: off)")
     cfg = EvalConfig(args.data, args.lr_dir, args.steps, args.samplers, args.crops, args.batch, args.seed, args.eta,
                      split=args.split, lr_jpeg=args.lr_jpeg)
+    if args.trajectory_steps is not None:
+        cfg.trajectory_steps = args.trajectory_steps
     report = evaluate(bundle, cfg, args.out, progress=not args.no_progress)
     from search.evaluate import quality_table
 

@@ -23,7 +23,7 @@ QUICK = {
     "train": ["--iters", "4", "--batch", "2", "--patch", "32", "--checkpoint-every", "2"],
     "search": ["--iters", "4", "--batch", "2", "--patch", "32", "--checkpoint-every", "2", "--warmup-alpha", "1",
                "--score-crops", "1"],
-    "evaluate": ["--crops", "1"],
+    "evaluate": ["--crops", "1", "--trajectory-steps", "1"],
     "compare": ["--reps", "2", "--crops", "1"],
     "bench": ["--batches", "1", "--reps", "2", "--backends", "onnxruntime-fp32"],
 }

@@ -112,3 +112,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# The longest modules first: `make test` hands whole modules to its two xdist workers in this order (--dist
+# loadscope --no-loadscope-reorder, so a module's fixtures start once), and a long module collected last left one
+# worker idle for its whole run.
+LONGEST_FIRST = ("test_pipeline.py", "test_search.py", "test_cli.py", "test_ablation.py", "test_distributed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order

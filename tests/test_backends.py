@@ -179,6 +179,7 @@ def test_bench_measures_records_and_writes_markdown(run_srnas, nas_copy, tmp_pat
     assert 20 < rep["peak_fp32_matmul_gflops"] < 5000 and ("tensorrt" in rep["skipped"]) == (TRT_MISSING is not None)
     levels = rep["models"]["nas"]["levels"]
     assert [lv["resolution"] for lv in levels] == [128, 64, 32, 16] and all(lv["gflops_per_s"] > 0 for lv in levels)
+    assert rep["models"]["nas"]["level_reps"] == 3  # --reps sets every median's runs, the levels' too
     measured = json.loads((nas_copy / "deploy.json").read_text())["measured"]
     assert measured["torch"]["seconds"]["2"] == pytest.approx(next(r["seconds_per_step"] for r in rows
                                                                    if r["backend"] == "torch" and r["batch"] == 2))

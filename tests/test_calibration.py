@@ -77,6 +77,29 @@ def test_calibrated_table_scales_every_entry_by_its_fitted_scale(supernet):
     assert len(report["nets"]) == 2 * 2
 
 
+def test_a_second_kit_of_one_table_reuses_the_references_exported_for_the_first(supernet, tmp_path, monkeypatch):
+    import export.onnx_export
+    from search.calibrate import write_kit
+
+    table = profile(supernet, ProfileConfig(backend="torch", batches=[1], threads=1, warmup=0, reps=1, size=64,
+                                            fixed_subnets=1), progress=False)
+    cfg = CalibrateConfig(per_candidate=1, nets=1)
+    first = write_kit(tmp_path / "a", table, "toy.json", supernet, cfg, size=64)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(export.onnx_export, "to_onnx", no_export)
+    second = write_kit(tmp_path / "b", table, "toy.json", supernet, cfg, size=64)
+    assert second == first and first["blocks"] and first["nets"]
+    for r in first["blocks"] + first["nets"]:
+        assert (tmp_path / "b/calibration" / r["file"]).read_bytes() == (tmp_path / "a/calibration" / r["file"]).read_bytes()
+    # another table (other timings, another creation) exports its own references
+    with pytest.raises(AssertionError, match="exported again"):
+        later = LatencyTable({**table.meta, "created": "later"}, table.entries, table.contexts, table.fixed)
+        write_kit(tmp_path / "c", later, "toy.json", supernet, cfg, size=64)
+
+
 @pytest.mark.parametrize("lut", ["tiny-default-ort-1t.json", "tiny-default-ort-1t-epyc.json"])
 def test_stored_checks_name_the_networks_this_code_draws(lut):
     # The leave-one-host-out bench scores other predictors on a table's stored check: that needs the same networks.

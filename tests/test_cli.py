@@ -72,7 +72,7 @@ def test_train_and_evaluate_small(run_srnas, tmp_path):
     assert proc.returncode == 0 and "resuming" in proc.stdout, proc.stderr
     ev = tmp_path / "eval"
     proc = run_srnas("evaluate", "--model", run / "model", "--steps", "1,2", "--samplers", "ddim,ddpm",
-                     "--crops", "1", "--out", ev, "--no-progress", "--choose-defaults")
+                     "--crops", "1", "--out", ev, "--no-progress", "--choose-defaults", "--trajectory-steps", "3")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((ev / "metrics.json").read_text())
     assert report["crops"] == len(BUILTIN_VAL) and report["split"] == "val" and len(report["results"]) == 4
@@ -81,6 +81,7 @@ def test_train_and_evaluate_small(run_srnas, tmp_path):
     assert best["psnr_y"] - 0.05 <= next(r["psnr_y"] for r in report["results"]
                                          if (r["sampler"], r["steps"]) == (defaults["sampler"], defaults["steps"]))
     assert 20 < report["bicubic"]["psnr_y"] < 50
+    assert report["trajectory"] == {"sampler": best["sampler"], "steps": 3}  # at least the best setting's 1 or 2
     for name in ("grid.png", "trajectory.png"):
         assert Image.open(ev / name).size[0] > 200
 
@@ -120,6 +121,8 @@ def _bad_cases(tmp_path, photo):
         "bad output folder": (["upscale", photo, "-o", tmp_path / "no" / "x.png"], "does not exist"),
         "empty data folder": (["evaluate", "--data", empty, "--steps", "1"], "no images found"),
         "evaluate bad steps": (["evaluate", "--steps", "0"], "steps must be in 1..2000"),
+        "evaluate no trajectory": (["evaluate", "--steps", "1", "--trajectory-steps", "0"],
+                                   "--trajectory-steps must be >= 1"),
         "unknown preset": (["info", "--preset", "huge"], "unknown preset"),
         "train empty folder": (["train", "--data", empty, "--iters", "1"], "no images found"),
         "profile on a GPU without one": (["profile", "--device", "cuda", "--out", tmp_path / "lut.json"],

@@ -44,6 +44,8 @@ def test_every_stage_runs_and_the_report_compares_every_model(quick):
     for name in MODELS:
         assert any(line.startswith(f"| {name} |") for line in table), name
     assert "ddpm 2" in report and "ddim 1" in report  # the quality table has both samplers
+    for name in MODELS:  # --quick's figures follow the best setting's own path, not a 20-step one
+        assert json.loads((out / f"eval-{name}" / "metrics.json").read_text())["trajectory"]["steps"] <= 2
     rows = json.loads((out / "compare" / "compare.json").read_text())
     assert [r["model"] for r in rows] == list(MODELS)
     assert all(r["latency_s"] > 0 and r["flops_per_step"] > 0 for r in rows)
