@@ -6,7 +6,7 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.flops import count_flops, count_params  # noqa: F401  (the search's cost models use both)
+from models.flops import count_flops, count_params  # noqa: F401  (re-exported: callers take every cost from here)
 from models.unet import UNet
 from search.supernet import (at_widths, context_key, context_like, mixed_ops, parse_context, slot_inputs,
                              width_combos, width_slots)
