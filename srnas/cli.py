@@ -725,8 +725,8 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", type=_float_list, help="latency targets, multiples of the floor (default: the config's)")
     p.add_argument("--lut", help="latency table of the serving configuration (default: the config's)")
     p.add_argument("--data", help="'builtin' or a folder with train/val/test subfolders (default: the config's)")
-    p.add_argument("--threads", type=int, help="torch threads for training (default: the config's; 1 is far faster "
-                                                "than 2 when other work shares the CPUs)")
+    p.add_argument("--threads", type=int, help="torch threads for training (default: the config's; workers x "
+                                                "threads at most the CPUs is fastest)")
     p.add_argument("--commit", action="store_true", help="commit the results folder with git after every point")
     p.add_argument("--report-only", action="store_true", help="rewrite the plot and the report from pareto.json")
     p.add_argument("--retime-floor", action="store_true", help="time the floor again (on a quiet machine) and rescale "
@@ -801,8 +801,11 @@ def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> 
     # `kill` (SIGTERM) would end this process alone and leave its workers running the plan, which a restart then
     # runs a second time in the same run folders: exit through `finally`, which stops them
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, f"--shard={k}/{args.workers}"])
-             for k in range(args.workers)]
+    # side by side, OpenMP threads that spin while waiting burn the cores the other workers need (two 2-thread
+    # trainings at once ran 11x slower on a 2-core host): idle threads sleep instead
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, f"--shard={k}/{args.workers}"],
+                              env=env) for k in range(args.workers)]
     try:
         return sum(p.wait() != 0 for p in procs)
     finally:

@@ -5,9 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Two xdist workers share the host's cores, and each (or an `srnas` process it starts) runs torch with two
+# OpenMP threads. Spinning OpenMP threads then burn the core a descheduled sibling needs: two 12-step trainings
+# at once took 89 s instead of 8 s on the 2-core AMD EPYC host. Passive waiting puts idle threads to sleep; it
+# must be set before torch loads OpenMP, and every subprocess inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
 """The Pareto study: its plan, its refusals, its report, and one --quick run end to end."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -191,7 +192,8 @@ def test_stopping_the_study_stops_its_workers(tmp_path):
 
     cmd = [*srnas_cmd(), "pareto", "--quick", "--out", str(tmp_path / "run"), "--results", str(tmp_path / "results"),
            "--targets", "2", "--relax", "gumbel-hard", "--workers", "2", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # as a user's shell has it
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     parent, workers = psutil.Process(proc.pid), []
     for _ in range(600):
         workers = parent.children(recursive=True)
@@ -199,6 +201,8 @@ def test_stopping_the_study_stops_its_workers(tmp_path):
             break
         time.sleep(0.1)
     assert len(workers) == 2, "the study started no workers"
+    # side by side, spinning OpenMP threads would take the cores the other worker needs
+    assert all(w.environ().get("OMP_WAIT_POLICY") == "PASSIVE" for w in workers)
     proc.terminate()
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     _, alive = psutil.wait_procs(workers, timeout=60)
