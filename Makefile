@@ -35,7 +35,7 @@ serve: install
 # under load, with their own timing-sensitive checks) alone, so that they never share the CPUs.
 test: install-test
 	$(BIN)/python -m pytest -q -rs --durations=10 -n 2 --dist loadscope --no-loadscope-reorder -m "not slow"
-	$(BIN)/python -m pytest -q -rs --durations=10 -m slow
+	$(BIN)/python -m pytest -q -rs --durations=25 -m slow
 
 # Locust against a freshly started `bentoml serve` (SHAPE = ramp | soak | spike | smoke | observe from
 # loadtest/config.yaml); CSV, HTML and summary.json in $(LOAD_OUT), non-zero exit on an SLO breach.
