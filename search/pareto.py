@@ -284,19 +284,31 @@ class Study:
         return new
 
     def retime(self) -> int:
-        """Time the floor and every finished point again, from the run folder, in this process. The study times
-        each point while the other workers train, and the ratio to the floor still moves with their load (the
-        same FSRCNN measured 1.49-1.81x); on a quiet machine this gives the figures the verdicts match on."""
-        dirs = self._model_dirs("retime")
+        """Time the floor and every finished point again, in this process. The study times each point while the
+        other workers train, and the ratio to the floor still moves with their load (the same FSRCNN measured
+        1.49-1.81x); on a quiet machine this gives the figures the verdicts match on. The networks are rebuilt
+        from their rows (latency does not depend on the weights' values), so the results folder is enough."""
         self._rescale(self._time_floor())
         floor = self.state["floor"]
         for row in tqdm(self.state["points"], desc="retime", unit="point"):
-            timing = self.measure(dirs[row["name"]])
+            timing = self.watch.measure(*self.network(row))
             row.update(measured_ms=timing["ms"], ratio_to_floor=timing["ratio_to_floor"], raw_ms=timing["raw_ms"],
                        retimed=True)
-        self._save(f"Pareto study: {len(dirs)} points re-timed in a quiet process, floor "
+        self._save(f"Pareto study: {len(self.state['points'])} points re-timed in a quiet process, floor "
                    f"{floor['measured_ms']:.2f} ms/step")
-        return len(dirs)
+        return len(self.state["points"])
+
+    def network(self, row: dict[str, Any]) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+        """A finished point's network, untrained, rebuilt from its row and the study's sizings, with its inputs."""
+        if row["kind"] == "classic":
+            return FSRCNN(FSRCNNConfig(**row["fsrcnn"])), baselines.classic_inputs()
+        if row["kind"] == "narrowed":
+            width = self.state["sizes"][f"narrowed@{row['target']:g}"]["base_channels"]
+            cfg = dataclasses.replace(self.train_cfg().unet_config(), base_channels=width, arch={})
+        else:
+            cfg = dataclasses.replace(self.supernet.cfg, arch=row["arch"])
+        net = UNet(cfg)
+        return net, baselines.unet_inputs(net)
 
     def _time_floor(self) -> float:
         """The stored floor architecture timed alone again (the stopwatch's new reference)."""
@@ -316,19 +328,19 @@ class Study:
             size["sizing_ms"] *= scale
         return scale
 
-    def _model_dirs(self, what: str) -> dict[str, Path]:
+    def _model_dirs(self) -> dict[str, Path]:
         """Every finished point's model folder in the run folder, or a clear error naming those missing."""
         dirs = {p["name"]: self.out / p["name"] / "train" / "model" for p in self.state["points"]}
         missing = sorted(n for n, d in dirs.items() if not (d / "config.json").is_file())
         if missing:
-            raise UserError(f"{self.out}: no model folder for {', '.join(missing)}; {what} needs the study's "
+            raise UserError(f"{self.out}: no model folder for {', '.join(missing)}; --rescore needs the study's "
                             "run folder (--out) with every finished point")
         return dirs
 
     def rescore(self) -> int:
         """Score every finished point again on both splits (after a change to the scoring crops), from its run
         folder, and keep the best seed of each group by the new val figures. Returns the number rescored."""
-        dirs = self._model_dirs("rescore")
+        dirs = self._model_dirs()
         rows, self.state["points"] = self.state["points"], []
         for row in tqdm(rows, desc="rescore", unit="point"):
             val = score(dirs[row["name"]], self.cfg.data, "val", self.cfg.val_crops)

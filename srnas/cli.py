@@ -731,8 +731,9 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="rewrite the plot and the report from pareto.json")
     p.add_argument("--retime-floor", action="store_true", help="time the floor again (on a quiet machine) and rescale "
                                                                "every figure, then rewrite the report")
-    p.add_argument("--retime", action="store_true", help="time the floor and every finished point again from the run "
-                                                         "folder (on a quiet machine), then rewrite the report")
+    p.add_argument("--retime", action="store_true", help="time the floor and every finished point again (on a quiet "
+                                                         "machine; networks rebuilt from pareto.json, no run folder "
+                                                         "needed), then rewrite the report")
     p.add_argument("--rescore", action="store_true", help="score every finished point again from the run folder "
                                                           "(after a change to the scoring crops), then rewrite the report")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from models.checkpoint import load_model
+from models.classic import is_classic, load_classic
 from search import pareto, pareto_report
 from tests.conftest import srnas_cmd
 from search.pareto import StudyConfig, plan
@@ -167,11 +169,23 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     for p in fresh["points"]:
         assert p["retimed"] and p["measured_ms"] == pytest.approx(p["ratio_to_floor"] * floor_ms)
         assert p["target_ms"] == pytest.approx(p["target"] * floor_ms)
-    state = fresh
+    study = pareto.Study(pareto.load_config(ROOT / "search/recipes/pareto-tiny.yaml", **{
+        **pareto.QUICK, "targets": [2.0], "relaxations": ["gumbel-hard"]}), out, results)
+    for p in fresh["points"]:  # re-timing rebuilds each network from its row: the one that was trained
+        trained = out / p["name"] / "train" / "model"
+        trained = load_classic(trained) if is_classic(trained) else load_model(trained).net
+        rebuilt, _ = study.network(p)
+        assert repr(rebuilt) == repr(trained), p["name"]
+        assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+            k: v.shape for k, v in trained.state_dict().items()}, p["name"]
     shutil.rmtree(out)  # the run folder is gone (a reset machine): the results folder alone resumes
-    for upkeep in ("--rescore", "--retime"):
-        lost = run_srnas(*args, upkeep)
-        assert lost.returncode == 2 and "no model folder for floor-s0" in lost.stderr
+    lost = run_srnas(*args, "--rescore")
+    assert lost.returncode == 2 and "no model folder for floor-s0" in lost.stderr
+    retimed = run_srnas(*args, "--retime")  # needs no run folder
+    assert retimed.returncode == 0, retimed.stderr[-2000:]
+    state = json.loads((results / "pareto.json").read_text())
+    assert [p["name"] for p in state["points"]] == [p["name"] for p in fresh["points"]]
+    assert all(p["retimed"] for p in state["points"])
     again = run_srnas(*args)
     assert again.returncode == 0 and json.loads((results / "pareto.json").read_text()) == state
     other = run_srnas("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "3")
