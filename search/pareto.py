@@ -47,6 +47,7 @@ from search.space import make_space
 from search.supernet import space_config
 
 ROOT = Path(__file__).resolve().parents[1]
+PLACE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a label on the plot, never a path
 KINDS = ("searched", "random", "narrowed", "floor", "classic", "base")
 
 
@@ -255,7 +256,8 @@ class Study:
                 if self.state_path.is_file():
                     disk = read_json(self.state_path)
                     sizes = {**self.state.get("sizes", {}), **disk.get("sizes", {})}
-                    self.state.update({k: disk[k] for k in ("points", "floor", "targets") if k in disk}, sizes=sizes)
+                    self.state.update({k: disk[k] for k in ("points", "floor", "targets", "placed") if k in disk},
+                                      sizes=sizes)
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -294,6 +296,9 @@ class Study:
             timing = self.watch.measure(*self.network(row))
             row.update(measured_ms=timing["ms"], ratio_to_floor=timing["ratio_to_floor"], raw_ms=timing["raw_ms"],
                        retimed=True)
+        for row in self.state.get("placed", []):  # placed models are timed from their folders, where present
+            if (_abs(row["model"]) / "config.json").is_file():
+                row.update(self._timing(_abs(row["model"])), retimed=True)
         self._save(f"Pareto study: {len(self.state['points'])} points re-timed in a quiet process, floor "
                    f"{floor['measured_ms']:.2f} ms/step")
         return len(self.state["points"])
@@ -310,11 +315,43 @@ class Study:
         net = UNet(cfg)
         return net, baselines.unet_inputs(net)
 
-    def _time_floor(self) -> float:
-        """The stored floor architecture timed alone again (the stopwatch's new reference)."""
+    def _floor_net(self) -> UNet:
         if not self.state.get("floor"):
             raise UserError(f"{self.state_path}: no floor timed yet; run the study first")
-        return self.watch.set_floor(UNet(dataclasses.replace(self.supernet.cfg, arch=self.state["floor"]["arch"])))
+        return UNet(dataclasses.replace(self.supernet.cfg, arch=self.state["floor"]["arch"]))
+
+    def _time_floor(self) -> float:
+        """The stored floor architecture timed alone again (the stopwatch's new reference)."""
+        return self.watch.set_floor(self._floor_net())
+
+    def place(self, name: str, model: str | Path) -> dict[str, Any]:
+        """Put a model that is not one of the study's points (the shipped default, trained past the study's
+        budget) on the study's axes: scored on the same val and test crops, timed against the floor the same
+        way. Kept under "placed" in pareto.json, replacing an earlier placement of the same name."""
+        if not PLACE_NAME.fullmatch(name):
+            raise UserError(f"--place: name {name!r} must be letters, digits, '.', '_' or '-'")
+        folder = _abs(model)
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--place {name}={model}: not a model folder (no config.json)")
+        floor = self._floor_net()
+        with self.locked():  # the stored floor time, as the study's points were measured against it
+            self.watch.set_floor(floor, self.state["floor"]["measured_ms"])
+        val = score(folder, self.cfg.data, "val", self.cfg.val_crops)
+        test = score(folder, self.cfg.data, "test", self.cfg.test_crops)
+        row = {"name": name, "model": str(model), **self._timing(folder), "psnr_val": val["psnr_y"],
+               "psnr_test": test["psnr_y"], "ssim_test": test["ssim_y"], "val_crops": val["crops"],
+               "test_crops": test["crops"]}
+        if not is_classic(folder):
+            row["arch_id"] = baselines.arch_id(load_model(folder).net.cfg.arch)
+        with self.locked():
+            self.state["placed"] = [r for r in self.state.get("placed", []) if r["name"] != name] + [row]
+            self._save(f"Pareto study: {name} ({model}) placed at {row['measured_ms']:.2f} ms/step, "
+                       f"test PSNR(Y) {row['psnr_test']:.3f} dB")
+        return row
+
+    def _timing(self, folder: Path) -> dict[str, float]:
+        timing = self.measure(folder)
+        return {"measured_ms": timing["ms"], "ratio_to_floor": timing["ratio_to_floor"], "raw_ms": timing["raw_ms"]}
 
     def _rescale(self, floor_ms: float) -> float:
         """Store a new time of the floor; targets (multiples of it) and sizings follow. Returns new / old."""

@@ -94,7 +94,8 @@ def pick_default(points: list[dict[str, Any]]) -> dict[str, Any] | None:
                            key=lambda kg: kg[1]["ms"])
     seed = max(g["rows"], key=lambda r: r["psnr_val"])
     return {"target": t, "relax": relax, "name": seed["name"], "model": seed.get("model"), "val": g["val"],
-            "test": seed["psnr_test"], "ms": seed["measured_ms"], "rule": PICK_RULE}
+            "test": seed["psnr_test"], "ms": seed["measured_ms"], "arch_id": seed.get("arch_id"),
+            "rule": PICK_RULE}
 
 
 def diagnostics(points: list[dict[str, Any]]) -> list[str]:
@@ -172,6 +173,7 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
         lines += ["", f"**Pick for the shipped default** ({pick['rule']}): `{pick['name']}` — {pick['relax']} at "
                       f"{pick['target']:g}×, val {pick['val']:.3f} dB (group mean), test {pick['test']:.3f} dB, "
                       f"{pick['ms']:.2f} ms/step."]
+    lines += placed_lines(state.get("placed", []), pick)
     progress = (f" of {planned} planned: **the study is still running**, and no verdict above is final"
                 if planned and len(points) < planned else "")
     own = [p for p in points if "try" not in p]
@@ -181,6 +183,22 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
               f"of worker time{tried} (the points' wall-clock summed over the worker processes that ran them side by "
               "side); raw rows in `bench/results/pareto/pareto.json`.", END]
     return "\n".join(lines) + "\n"
+
+
+def placed_lines(placed: list[dict[str, Any]], pick: dict[str, Any] | None) -> list[str]:
+    """Models outside the study (the shipped default, trained past the study's budget) on the study's axes."""
+    if not placed:
+        return []
+    lines = ["", "Placed on the same axes (`srnas pareto --place NAME=DIR`: the same crops, timed against the same "
+                 "floor; these models are not held to the study's training budget):", "",
+             "| name | folder | ms/step | test PSNR(Y) | val PSNR(Y) | test SSIM | same architecture as the pick |",
+             "|---|---|---|---|---|---|---|"]
+    pick_id = pick.get("arch_id") if pick else None
+    for r in placed:
+        same = "–" if pick_id is None or r.get("arch_id") is None else ("yes" if r["arch_id"] == pick_id else "no")
+        lines.append(f"| {r['name']} | `{r['model']}` | {r['measured_ms']:.2f} | {r['psnr_test']:.3f} | "
+                     f"{r['psnr_val']:.3f} | {r['ssim_test']:.4f} | {same} |")
+    return lines
 
 
 def write_section(path: Path, text: str) -> None:
@@ -205,7 +223,9 @@ def plot(state: dict[str, Any], path: Path) -> Path | None:
     if not points:
         return None
     styles = {"searched": "o", "random": "x", "narrowed": "s", "floor": "*", "classic": "^", "base": "D"}
-    colors = {"softmax": "tab:blue", "gumbel-hard": "tab:red", "temperature": "tab:green", "gumbel": "tab:purple"}
+    colors = {"softmax": "tab:blue", "gumbel-hard": "tab:red", "temperature": "tab:green", "gumbel": "tab:purple",
+              "softmax+balanced": "tab:cyan", "gumbel-hard+balanced": "tab:orange",
+              "softmax+balanced-absolute": "tab:brown"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     seen = set()
     for p in points:
@@ -214,6 +234,15 @@ def plot(state: dict[str, Any], path: Path) -> Path | None:
                    color=colors.get(p["relax"] or "", "0.35"), alpha=0.75, s=36,
                    label=None if label in seen else label)
         seen.add(label)
+    pick = pick_default(points)
+    if pick:
+        ax.scatter(pick["ms"], pick["test"], s=260, facecolors="none", edgecolors="black", lw=1.4,
+                   label="pick for the default (val rule)")
+    for i, r in enumerate(state.get("placed", [])):
+        ax.scatter(r["measured_ms"], r["psnr_test"], marker="P", s=90, color="black", zorder=5,
+                   label=None if i else "placed models (not held to the budget)")
+        ax.annotate(r["name"], (r["measured_ms"], r["psnr_test"]), xytext=(6, 4), textcoords="offset points",
+                    fontsize=8)
     ax.axhline(points[0]["bicubic_psnr_test"], color="0.6", ls="--", lw=0.8, label="bicubic")
     for t, ms in state["targets"].items():
         ax.axvline(ms, color="0.85", lw=0.8, zorder=0)

@@ -736,6 +736,9 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
                                                          "needed), then rewrite the report")
     p.add_argument("--rescore", action="store_true", help="score every finished point again from the run folder "
                                                           "(after a change to the scoring crops), then rewrite the report")
+    p.add_argument("--place", action="append", metavar="NAME=DIR", help="score and time a model folder that is not "
+                   "one of the study's points (e.g. the shipped default) on the study's crops and floor, and mark it "
+                   "on the plot; repeatable")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "
                                                           "--threads torch threads; 2 workers x 1 thread suit 2 cores)")
     p.add_argument("--shard", help=argparse.SUPPRESS)  # K/N: the worker's part of the plan (set by --workers)
@@ -752,8 +755,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     cfg = pareto.load_config(args.config, **{**(pareto.QUICK if args.quick else {}),
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
-    shard = _shard(args.shard)
-    upkeep = args.report_only or args.retime_floor or args.retime or args.rescore  # no new points
+    shard, places = _shard(args.shard), _place_pairs(args.place)
+    upkeep = args.report_only or args.retime_floor or args.retime or args.rescore or args.place  # no new points
     if args.workers < 1 or (args.workers > 1 and upkeep):
         raise UserError("--workers takes a positive number, and more than 1 only to run the study")
     out = Path(args.out)
@@ -766,6 +769,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         print(f"{study.retime()} points re-timed")
     if args.rescore:
         print(f"{study.rescore()} points rescored")
+    for name, folder in places:
+        row = study.place(name, folder)
+        print(f"{name}: test PSNR(Y) {row['psnr_test']:.3f} dB, {row['measured_ms']:.2f} ms/step")
     if args.workers > 1:
         if _pareto_workers(args, results, markdown):
             raise UserError("a worker process failed; rerun the same command to resume")
@@ -780,6 +786,14 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     pareto_report.write_section(markdown, pareto_report.markdown(study.state, rel, len(pareto.plan(cfg))))
     print(f"{len(study.state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
     return 0
+
+
+def _place_pairs(items: list[str] | None) -> list[tuple[str, str]]:
+    pairs = [item.partition("=") for item in items or []]
+    bad = [item for item, (name, sep, folder) in zip(items or [], pairs) if not (name and sep and folder)]
+    if bad:
+        raise UserError(f"--place takes NAME=DIR (got {bad[0]!r})")
+    return [(name, folder) for name, _, folder in pairs]
 
 
 def _shard(text: str | None) -> tuple[int, int]:

@@ -44,6 +44,10 @@ def test_plan_runs_every_kind_at_every_target_with_the_first_seed_first():
     (["--lut", "search/luts/tiny-default-ort.json"], "timed with 2 runtime threads"),
     (["--workers", "0"], "--workers takes a positive number"),
     (["--workers", "2", "--rescore"], "more than 1 only to run the study"),
+    (["--place", "default"], "--place takes NAME=DIR"),
+    (["--place", "../x=models/weights/default"], "must be letters, digits"),
+    (["--place", "d=no/such/folder"], "not a model folder"),
+    (["--place", "d=models/weights/default"], "no floor timed yet"),
 ])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_written(run_srnas, tmp_path, args, message):
     results = tmp_path / "results"
@@ -129,6 +133,24 @@ def test_verdicts_compare_at_matched_latency_and_select_on_val():
     assert pareto_report.pick_default(points)["name"] == "s0"  # ties on val: the first best seed
 
 
+def test_placed_models_are_listed_beside_the_pick_and_drawn(tmp_path, monkeypatch):
+    points = [_row(f"s{s}", "searched", 2.0, s, 31.0, 30.0, 10.0, "softmax", arch_id="abc") for s in range(3)]
+    placed = [{"name": "default", "model": "models/weights/default", "measured_ms": 10.4, "psnr_test": 30.8,
+               "psnr_val": 31.3, "ssim_test": 0.93, "arch_id": "abc"},
+              {"name": "previous", "model": "old", "measured_ms": 9.1, "psnr_test": 30.5, "psnr_val": 30.9,
+               "ssim_test": 0.92, "arch_id": "xyz"}]
+    text = pareto_report.markdown({**_state(points), "placed": placed}, None)
+    assert "| default | `models/weights/default` | 10.40 | 30.800 | 31.300 | 0.9300 | yes |" in text
+    assert "| previous | `old` | 9.10 | 30.500 | 30.900 | 0.9200 | no |" in text
+    assert "Placed on the same axes" not in pareto_report.markdown(_state(points), None)
+    from matplotlib.axes import Axes
+
+    drawn, real = [], Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda ax, text, *a, **k: drawn.append(text) or real(ax, text, *a, **k))
+    assert pareto_report.plot({**_state(points), "placed": placed}, tmp_path / "p.png").stat().st_size > 10_000
+    assert drawn == ["default", "previous"]
+
+
 @pytest.mark.slow
 def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
@@ -186,6 +208,14 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     state = json.loads((results / "pareto.json").read_text())
     assert [p["name"] for p in state["points"]] == [p["name"] for p in fresh["points"]]
     assert all(p["retimed"] for p in state["points"])
+    kept = next(p for p in state["points"] if p["model"] and p["kind"] != "classic")
+    placed = run_srnas(*args, "--place", f"again={results / kept['model']}")  # a point's own model, placed
+    assert placed.returncode == 0, placed.stderr[-2000:]
+    state = json.loads((results / "pareto.json").read_text())
+    (row,) = state["placed"]
+    assert row["name"] == "again" and row["arch_id"] == kept["arch_id"] and row["measured_ms"] > 0
+    assert row["psnr_test"] == kept["psnr_test"] and row["psnr_val"] == kept["psnr_val"]  # the same crops
+    assert "| again |" in (out / "report.md").read_text()
     again = run_srnas(*args)
     assert again.returncode == 0 and json.loads((results / "pareto.json").read_text()) == state
     other = run_srnas("pareto", "--quick", "--out", str(out), "--results", str(results), "--targets", "3")
