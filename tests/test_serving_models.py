@@ -22,7 +22,7 @@ from serving.launch import serving, start, stop
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "serving" / "samples" / "astronaut-lr.png"
 TEST_TAG = "srnas-test-real"
-SECOND = ROOT / "models" / "weights" / "gumbel-hard-tiny"  # another network: one slot differs from the default's
+SECOND = ROOT / "models" / "weights" / "gumbel-hard-tiny"  # another network than the default
 
 
 def srnas(home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -115,7 +115,8 @@ def test_the_bento_serves_from_a_venv_with_only_its_own_requirements(tmp_path, i
             assert r.status_code == 200, r.text
             assert Image.open(io.BytesIO(r.content)).size == (128, 128)
         info = httpx.get(srv.url + "/info", timeout=30).json()
-        assert info["params"] == 47579 and info["backend"]["name"] == "onnxruntime"
+        net = json.loads((ROOT / "models/weights/default/deploy.json").read_text())["network"]
+        assert info["params"] == net["params"] and info["backend"]["name"] == "onnxruntime"
         assert list(info["models"]) == ["default", "real"] and info["default_model"] == "default"
     finally:
         stop(srv)
