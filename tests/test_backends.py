@@ -124,10 +124,14 @@ def test_deploy_int8_records_quality_and_prediction(run_srnas, nas_copy):
     q = onnx.load(str(nas_copy / "model.int8.onnx"))
     onnx.checker.check_model(q)
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in q.graph.node}
-    pred = rec["predicted"]["onnxruntime@2t"]["seconds"]  # keyed by the shipped table's thread count
-    assert rec["predicted"]["onnxruntime@2t"]["threads"] == 2
+    assert rec["predicted"]["onnxruntime@2t"]["threads"] == 2  # keyed by the shipped table's thread count
     meta = json.loads((NAS / "config.json").read_text())["meta"]["arch"]["predicted"]["latency_per_step_s"]
-    assert pred["1"] == pytest.approx(next(iter(meta.values())), rel=0.2)  # the search-time prediction, corrected
+    ((lut, search_time),) = meta.items()  # the table the search priced the architecture with
+    assert run_srnas("deploy", "--model", nas_copy, "--lut", lut).returncode == 0
+    rec = json.loads((nas_copy / "deploy.json").read_text())
+    key, entry = next((k, e) for k, e in rec["predicted"].items() if e["source"] == lut)
+    assert key.startswith(f"onnxruntime@{entry['threads']}t") and "onnxruntime@2t" in rec["predicted"]  # beside
+    assert entry["seconds"]["1"] == pytest.approx(search_time, rel=0.2)  # the search-time prediction, corrected
     bundle = load_model(nas_copy)
     x, level = (t.numpy() for t in _io(2))
     ref = load_denoiser(bundle, BackendConfig("torch", "fp32", 2)).run(x, level)
