@@ -13,6 +13,7 @@ from typing import Any
 START, END = "<!-- srnas pareto: start -->", "<!-- srnas pareto: end -->"
 MATCH = 0.10  # matched latency: within +-10 % of the searched group's mean measured time
 MARGIN_DB = 0.2
+MIN_SEEDS = 3  # the goal is a mean over 3 seeds: a group with fewer wins no verdict, however large its margin
 BASELINES = ("floor", "random", "narrowed")
 
 
@@ -72,7 +73,8 @@ def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"target": t, "relax": relax, "n": g["n"], "test": g["test"], "test_std": g["test_std"],
                     "ms": g["ms"], "gap": g["gap"], "max_gap": g["max_gap"], "differing": g["differing"],
                     "baseline": base, "margin": margin,
-                    "beats_baselines": bool(margin is not None and margin >= MARGIN_DB and margin > 2 * g["test_std"]),
+                    "beats_baselines": bool(margin is not None and g["n"] >= MIN_SEEDS and margin >= MARGIN_DB
+                                           and margin > 2 * g["test_std"]),
                     "classic": classic,
                     "matches_classic": bool(classic is not None and max(
                         r["psnr_test"] for r in g["rows"]) >= classic["test"])})

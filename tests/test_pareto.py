@@ -131,6 +131,8 @@ def test_verdicts_compare_at_matched_latency_and_select_on_val():
     pick = pareto_report.pick_default(points + [_row("cheap", "searched", 1.5, 0, 29.0, 29.95, 7.0, "softmax")])
     assert pick["name"] == "cheap"  # within 0.1 dB of the best val group, and faster
     assert pareto_report.pick_default(points)["name"] == "s0"  # ties on val: the first best seed
+    (one,) = pareto_report.verdicts([points[0], *points[6:]])  # one seed: the same margin wins no verdict
+    assert one["margin"] > pareto_report.MARGIN_DB and one["n"] == 1 and not one["beats_baselines"]
 
 
 def test_placed_models_are_listed_beside_the_pick_and_drawn(tmp_path, monkeypatch):
