@@ -293,9 +293,7 @@ class Study:
         self._rescale(self._time_floor())
         floor = self.state["floor"]
         for row in tqdm(self.state["points"], desc="retime", unit="point"):
-            timing = self.watch.measure(*self.network(row))
-            row.update(measured_ms=timing["ms"], ratio_to_floor=timing["ratio_to_floor"], raw_ms=timing["raw_ms"],
-                       retimed=True)
+            row.update(_timing_fields(self.watch.measure(*self.network(row))), retimed=True)
         for row in self.state.get("placed", []):  # placed models are timed from their folders, where present
             if (_abs(row["model"]) / "config.json").is_file():
                 row.update(self._timing(_abs(row["model"])), retimed=True)
@@ -350,8 +348,7 @@ class Study:
         return row
 
     def _timing(self, folder: Path) -> dict[str, float]:
-        timing = self.measure(folder)
-        return {"measured_ms": timing["ms"], "ratio_to_floor": timing["ratio_to_floor"], "raw_ms": timing["raw_ms"]}
+        return _timing_fields(self.measure(folder))
 
     def _rescale(self, floor_ms: float) -> float:
         """Store a new time of the floor; targets (multiples of it) and sizings follow. Returns new / old."""
@@ -481,15 +478,15 @@ class Study:
     def _row(self, p: Point, model: Path, extra: dict[str, Any]) -> dict[str, Any]:
         val = score(model, self.cfg.data, "val", self.cfg.val_crops)
         test = score(model, self.cfg.data, "test", self.cfg.test_crops)
-        timing = self.measure(model)
+        timing = self._timing(model)
         arch = extra.pop("arch", None)
         row = {"name": p.name, "kind": p.kind, "relax": p.label, "arch_id": baselines.arch_id(arch) if arch else None,
-               "target": p.target, "target_ms": self.target_ms(p.target), "measured_ms": timing["ms"],
+               "target": p.target, "target_ms": self.target_ms(p.target), **timing,
                "seed": p.seed, "train_iters": extra.pop("iters"), "train_seconds": _train_seconds(model),
                "psnr_val": val["psnr_y"], "psnr_test": test["psnr_y"], "ssim_test": test["ssim_y"],
                "gap_db": extra.pop("gap_db", None), "model": None, "val_crops": val["crops"],
                "test_crops": test["crops"], "bicubic_psnr_test": test["bicubic_psnr_y"],
-               "ratio_to_floor": timing["ratio_to_floor"], "raw_ms": timing["raw_ms"], **extra}
+               **extra}
         if arch:
             row["arch"] = arch
             row["slots_differing_from_floor"] = baselines.slots_differing(arch, self.state["floor"]["arch"],
@@ -579,6 +576,11 @@ def _check_tries(cfg: StudyConfig) -> None:
                     not t["seeds"] and "seeds must not be empty"]
         if any(problems):
             raise UserError(f"try {name!r}: " + "; ".join(filter(None, problems)))
+
+
+def _timing_fields(timing: dict[str, float]) -> dict[str, float]:
+    """A stopwatch measurement as the row fields every point and placed model carries."""
+    return {"measured_ms": timing["ms"], "ratio_to_floor": timing["ratio_to_floor"], "raw_ms": timing["raw_ms"]}
 
 
 def _abs(path: str | Path) -> Path:

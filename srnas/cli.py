@@ -436,9 +436,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.timing import CPU_BACKENDS, GPU_BACKENDS
 
     root = Path(__file__).resolve().parents[1] / "models" / "weights"
-    pairs = [m.split("=", 1) for m in args.models] or [["base", str(root / "base-tiny")], ["default", str(root / "default")]]
-    if any(len(p) != 2 or not p[0] or not Path(p[1]).is_dir() for p in pairs):
-        raise UserError("give models as NAME=MODEL_DIR with existing folders")
+    pairs = _name_dirs(args.models, "models", must_exist=True) or [("base", str(root / "base-tiny")),
+                                                                   ("default", str(root / "default"))]
     known = (*CPU_BACKENDS, *GPU_BACKENDS)
     if args.backends and any(b not in known for b in args.backends):
         raise UserError(f"unknown backend; choose from {', '.join(known)}")
@@ -619,9 +618,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from search.evaluate import EvalConfig
     from search.latency import ProfileConfig
 
-    pairs = [m.split("=", 1) for m in args.models]
-    if any(len(p) != 2 or not p[0] for p in pairs) or args.reps < 1 or args.crops < 1:
-        raise UserError("give models as NAME=MODEL_DIR, and --reps, --crops >= 1")
+    pairs = _name_dirs(args.models, "models", must_exist=True)
+    if args.reps < 1 or args.crops < 1:
+        raise UserError("--reps and --crops must be >= 1")
     _threads(args.threads)
     bundles = [(name, load_model(path)) for name, path in pairs]  # fail on a bad folder before measuring
     timing = ProfileConfig("onnxruntime", [1], args.threads, warmup=5, reps=args.reps)
@@ -755,7 +754,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     cfg = pareto.load_config(args.config, **{**(pareto.QUICK if args.quick else {}),
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
-    shard, places = _shard(args.shard), _place_pairs(args.place)
+    shard, places = _shard(args.shard), _name_dirs(args.place, "--place")
     upkeep = args.report_only or args.retime_floor or args.retime or args.rescore or args.place  # no new points
     if args.workers < 1 or (args.workers > 1 and upkeep):
         raise UserError("--workers takes a positive number, and more than 1 only to run the study")
@@ -788,12 +787,17 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     return 0
 
 
-def _place_pairs(items: list[str] | None) -> list[tuple[str, str]]:
-    pairs = [item.partition("=") for item in items or []]
-    bad = [item for item, (name, sep, folder) in zip(items or [], pairs) if not (name and sep and folder)]
-    if bad:
-        raise UserError(f"--place takes NAME=DIR (got {bad[0]!r})")
-    return [(name, folder) for name, _, folder in pairs]
+def _name_dirs(items: list[str] | None, what: str, must_exist: bool = False) -> list[tuple[str, str]]:
+    """NAME=MODEL_DIR arguments (bench, compare, pareto --place) as (name, folder) pairs."""
+    pairs = []
+    for item in items or []:
+        name, sep, folder = item.partition("=")
+        if not (name and sep and folder):
+            raise UserError(f"{what}: give NAME=MODEL_DIR (got {item!r})")
+        if must_exist and not Path(folder).is_dir():
+            raise UserError(f"no model folder {folder!r} for {name!r}")
+        pairs.append((name, folder))
+    return pairs
 
 
 def _shard(text: str | None) -> tuple[int, int]:

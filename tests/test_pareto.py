@@ -44,7 +44,7 @@ def test_plan_runs_every_kind_at_every_target_with_the_first_seed_first():
     (["--lut", "search/luts/tiny-default-ort.json"], "timed with 2 runtime threads"),
     (["--workers", "0"], "--workers takes a positive number"),
     (["--workers", "2", "--rescore"], "more than 1 only to run the study"),
-    (["--place", "default"], "--place takes NAME=DIR"),
+    (["--place", "default"], "--place: give NAME=MODEL_DIR"),
     (["--place", "../x=models/weights/default"], "must be letters, digits"),
     (["--place", "d=no/such/folder"], "not a model folder"),
     (["--place", "d=models/weights/default"], "no floor timed yet"),

@@ -106,11 +106,12 @@ def test_search_finetune_info_cli(run_srnas, tmp_path):
     assert "| searched |" in proc.stdout and "1.00×" in proc.stdout
 
 
-def test_compare_rejects_bad_input(run_srnas, tmp_path):
-    proc = run_srnas("compare", "no-equals-sign")
-    assert proc.returncode == 2 and "NAME=MODEL_DIR" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_srnas("compare", f"x={tmp_path / 'missing'}")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("command", ["compare", "bench"])
+def test_model_lists_reject_bad_input(run_srnas, tmp_path, command):
+    proc = run_srnas(command, "no-equals-sign")
+    assert proc.returncode == 2 and "give NAME=MODEL_DIR (got 'no-equals-sign')" in proc.stderr
+    proc = run_srnas(command, f"x={tmp_path / 'missing'}")
+    assert proc.returncode == 2 and "no model folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_hard_gumbel_runs_one_candidate_per_slot(tmp_path):
