@@ -128,8 +128,12 @@ def test_verdicts_compare_at_matched_latency_and_select_on_val():
     assert v["classic"]["test"] == pytest.approx(31.2) and not v["matches_classic"]
     text = pareto_report.markdown(_state(points), None)
     assert text.startswith(pareto_report.START) and "random (best of 2 on val)" not in text.split("| 2× | softmax")[1]
-    pick = pareto_report.pick_default(points + [_row("cheap", "searched", 1.5, 0, 29.0, 29.95, 7.0, "softmax")])
-    assert pick["name"] == "cheap"  # within 0.1 dB of the best val group, and faster
+    cheap = [_row(f"cheap{s}", "searched", 1.5, s, 29.0, 29.95, 7.0, "softmax") for s in range(3)]
+    assert pareto_report.pick_default(points + cheap)["name"] == "cheap0"  # within 0.1 dB of the best, and faster
+    lucky = [_row("lucky", "searched", 2.0, 0, 29.0, 31.0, 6.0, "temperature")]  # 1 seed, best on val
+    assert pareto_report.pick_default(points + cheap[:2] + lucky)["name"] == "s0"  # unfinished groups do not compete
+    (v,) = pareto_report.verdicts(points + lucky)
+    assert v["relax"] == "softmax" and v["n"] == 3
     assert pareto_report.pick_default(points)["name"] == "s0"  # ties on val: the first best seed
     (one,) = pareto_report.verdicts([points[0], *points[6:]])  # one seed: the same margin wins no verdict
     assert one["margin"] > pareto_report.MARGIN_DB and one["n"] == 1 and not one["beats_baselines"]
