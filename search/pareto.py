@@ -153,10 +153,8 @@ def plan(cfg: StudyConfig) -> list[Point]:
 class Study:
     """One results folder and one run folder; `run` trains and scores every missing point."""
 
-    def __init__(self, cfg: StudyConfig, out: str | Path, results: str | Path, commit: bool = False,
-                 shard: tuple[int, int] = (0, 1)):
+    def __init__(self, cfg: StudyConfig, out: str | Path, results: str | Path, commit: bool = False):
         self.cfg, self.out, self.results, self.commit = cfg, Path(out), Path(results), commit
-        self.shard = shard  # (k, n): this process runs every n-th point of the plan, starting at the k-th
         self.table = _load_table(cfg)
         base = self.train_cfg().unet_config()
         self.supernet = UNet(space_config(base, make_space(cfg.space, base)))
@@ -228,22 +226,46 @@ class Study:
         with self.locked():
             self._floor()
         self.state["host"] = host_id().split("|", 1)[-1]
-        k, n = self.shard
-        todo = [p for i, p in enumerate(plan(self.cfg)) if i % n == k and p.name not in self.done()]
-        bar = tqdm(todo, disable=not progress, desc="pareto", unit="point")
-        for point in bar:
+        bar = tqdm(total=len([p for p in plan(self.cfg) if p.name not in self.done()]), disable=not progress,
+                   desc="pareto", unit="point")
+        while (point := self._claim()) is not None:
             bar.set_postfix_str(point.name)
-            t0 = time.perf_counter()
-            row = self.run_point(point)
-            row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-            line = (f"{point.name}: test PSNR(Y) {row['psnr_test']:.3f} dB, {row['measured_ms']:.2f} ms/step "
-                    f"({row['ratio_to_floor']:.2f}x the floor) on {self.state['host']}, {row['wall_seconds']:.0f} s")
-            with self.locked():
-                self._keep_best(row)
-                self.state["points"].append(row)
-                self._save(f"Pareto study: {line}")
-            bar.write(line)
+            try:
+                bar.write(self._run_one(point))
+            finally:
+                self._claim_path(point).unlink(missing_ok=True)
+            bar.update()
         return self.state
+
+    def _run_one(self, point: Point) -> str:
+        """Train, score and time one point, then save (and commit) its row; return the line that reports it."""
+        t0 = time.perf_counter()
+        row = self.run_point(point)
+        row["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        line = (f"{point.name}: test PSNR(Y) {row['psnr_test']:.3f} dB, {row['measured_ms']:.2f} ms/step "
+                f"({row['ratio_to_floor']:.2f}x the floor) on {self.state['host']}, {row['wall_seconds']:.0f} s")
+        with self.locked():
+            self._keep_best(row)
+            self.state["points"].append(row)
+            self._save(f"Pareto study: {line}")
+        return line
+
+    def _claim(self) -> Point | None:
+        """The next point of the plan that is neither finished nor being run by another live worker, claimed for
+        this process. Workers claim points as they go, so that they share the work left however it is spread over
+        the plan (a fixed split left one of two workers idle for the last six points of a resumed study)."""
+        with self.locked():
+            for point in plan(self.cfg):
+                path = self._claim_path(point)
+                if point.name in self.done() or _claimed_by_another(path):
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(str(os.getpid()))
+                return point
+        return None
+
+    def _claim_path(self, point: Point) -> Path:
+        return self.out / "claims" / f"{point.name}.pid"
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -576,6 +598,23 @@ def _check_tries(cfg: StudyConfig) -> None:
                     not t["seeds"] and "seeds must not be empty"]
         if any(problems):
             raise UserError(f"try {name!r}: " + "; ".join(filter(None, problems)))
+
+
+def _claimed_by_another(path: Path) -> bool:
+    """Whether a claim file names another process that is still alive (a claim outlives a killed worker)."""
+    try:
+        pid = int(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _timing_fields(timing: dict[str, float]) -> dict[str, float]:

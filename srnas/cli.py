@@ -740,7 +740,7 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
                    "on the plot; repeatable")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "
                                                           "--threads torch threads; 2 workers x 1 thread suit 2 cores)")
-    p.add_argument("--shard", help=argparse.SUPPRESS)  # K/N: the worker's part of the plan (set by --workers)
+    p.add_argument("--shard", help=argparse.SUPPRESS)  # K/N: marks worker K of N (set by --workers); it claims points
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in a few minutes")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pareto)
@@ -754,14 +754,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     cfg = pareto.load_config(args.config, **{**(pareto.QUICK if args.quick else {}),
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
-    shard, places = _shard(args.shard), _name_dirs(args.place, "--place")
+    _shard(args.shard)
+    places = _name_dirs(args.place, "--place")
     upkeep = args.report_only or args.retime_floor or args.retime or args.rescore or args.place  # no new points
     if args.workers < 1 or (args.workers > 1 and upkeep):
         raise UserError("--workers takes a positive number, and more than 1 only to run the study")
     out = Path(args.out)
     results = Path(args.results or (out / "results" if args.quick else pareto.ROOT / "bench" / "results" / "pareto"))
     markdown = Path(args.markdown or (out / "report.md" if args.quick else pareto.ROOT / "BENCHMARKS.md"))
-    study = pareto.Study(cfg, out, results, commit=args.commit, shard=shard)
+    study = pareto.Study(cfg, out, results, commit=args.commit)
     if args.retime_floor:
         print(f"floor: {study.retime_floor():.2f} ms/step")
     if args.retime:
@@ -810,7 +811,8 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 
 def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> int:
-    """Run the plan in `args.workers` processes of this command, each with its part; return how many failed."""
+    """Run the plan in `args.workers` processes of this command, each claiming the next point left; return how many
+    failed."""
     same = [f"--{name.replace('_', '-')}={value}" for name, value in vars(args).items()
             if name in ("config", "out", "lut", "data", "threads") and value is not None]
     same += [f"--relax={','.join(args.relax)}"] if args.relax else []

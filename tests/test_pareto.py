@@ -4,6 +4,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -233,6 +234,28 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     for old, new in zip(state["points"], after["points"]):  # ratios to the floor are kept, times rescaled
         assert new["ratio_to_floor"] == old["ratio_to_floor"]
         assert new["measured_ms"] == pytest.approx(old["measured_ms"] * scale)
+
+
+def test_workers_claim_the_next_point_left_and_skip_only_live_claims(tmp_path):
+    """Workers share the points left as they go: each takes the next one that is neither finished nor claimed by a
+    live worker, and a killed worker's claim does not block its point."""
+    cfg = pareto.load_config(ROOT / "search/recipes/pareto-tiny.yaml",
+                             **{**pareto.QUICK, "targets": [2.0], "relaxations": ["gumbel-hard"]})
+    study = pareto.Study(cfg, tmp_path / "run", tmp_path / "results")
+    done, first, second, third = plan(cfg)[:4]
+    study.state["points"].append({"name": done.name})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another live worker
+    try:
+        study._claim_path(first).parent.mkdir(parents=True)
+        study._claim_path(first).write_text(str(other.pid))
+        assert study._claim() == second and study._claim_path(second).read_text() == str(os.getpid())
+        study._claim_path(second).unlink()
+        study._claim_path(third).write_text(str(other.pid))
+        assert study._claim() == second
+    finally:
+        other.kill()
+        other.wait()
+    assert study._claim() == first  # its worker is gone
 
 
 def test_stopping_the_study_stops_its_workers(tmp_path):
