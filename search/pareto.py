@@ -255,9 +255,10 @@ class Study:
         this process. Workers claim points as they go, so that they share the work left however it is spread over
         the plan (a fixed split left one of two workers idle for the last six points of a resumed study)."""
         with self.locked():
+            done = self.done()
             for point in plan(self.cfg):
                 path = self._claim_path(point)
-                if point.name in self.done() or _claimed_by_another(path):
+                if point.name in done or _claimed_by_another(path):
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(str(os.getpid()))
@@ -609,11 +610,11 @@ def _claimed_by_another(path: Path) -> bool:
     if pid == os.getpid():
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError would mean alive, under another user: let it count as a live claim
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
