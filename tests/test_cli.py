@@ -170,10 +170,11 @@ def test_choose_defaults_picks_fewest_steps_near_the_best():
 
 
 def test_shipped_searched_default_and_its_base(run_srnas, photo, tmp_path):
-    """The default is the fine-tuned subnet of the hard-Gumbel search; models/weights/base-tiny is its base."""
+    """The default is a searched subnet (its arch recorded, a fraction of the base's FLOPs); models/weights/base-tiny
+    is its base."""
     info = json.loads(run_srnas("info", "--json").stdout)
     base = json.loads(run_srnas("info", "--model", "models/weights/base-tiny", "--json").stdout)
-    assert info["arch"]["width0"] == "0.5" and info["flops_per_step"] * 4 < base["flops_per_step"]
+    assert info["arch"] and info["flops_per_step"] * 4 < base["flops_per_step"]
     assert base["arch"] is None and base["params"] > 1_000_000
     assert info["defaults"]["steps"] == 1
     proc = run_srnas("upscale", photo, "-o", tmp_path / "up.png", "--model", "models/weights/base-tiny")
