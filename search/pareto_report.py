@@ -88,6 +88,39 @@ def verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def classic_verdicts(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size of the classic network: the searched network a user would take at its latency (the best on val of
+    every searched point within +-10 % of the classic's mean time) and whether it matches or beats the classic's
+    test mean, so that at no latency is there a reason to pick the classic network instead."""
+    searched = [p for p in points if p["kind"] == "searched"]
+    out = []
+    for (t, kind, _), g in groups(points).items():
+        if kind != "classic":
+            continue
+        near = [p for p in searched if abs(p["measured_ms"] / g["ms"] - 1) <= MATCH]
+        best = max(near, key=lambda p: p["psnr_val"], default=None)
+        out.append({"target": t, "n": g["n"], "test": g["test"], "ms": g["ms"], "searched": best,
+                    "holds": best is not None and best["psnr_test"] >= g["test"]})
+    return out
+
+
+def classic_lines(points: list[dict[str, Any]]) -> list[str]:
+    rows = classic_verdicts(points)
+    if not rows:
+        return []
+    lines = ["", "Against the classic network, per size (the searched network best on val within ±10 % of the "
+                 "classic's time; the goal: its test PSNR(Y) at least the classic's mean):", "",
+             "| classic of target | n | classic test @ ms | searched, best on val ±10 % | its test @ ms | "
+             "searched ≥ classic |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["searched"]
+        found = f"`{s['name']}` | {s['psnr_test']:.3f} @ {s['measured_ms']:.2f}" if s else "none within ±10 % | –"
+        lines.append(f"| {r['target']:g}× | {r['n']} | {r['test']:.3f} @ {r['ms']:.2f} | {found} | "
+                     f"{'yes' if r['holds'] else ('no' if s else '–')} |")
+    held = sum(r["holds"] for r in rows)
+    return lines + ["", f"The searched network chosen on val matches or beats the classic one at {held} of {len(rows)} sizes."]
+
+
 PICK_TOLERANCE_DB = 0.1
 PICK_RULE = (f"among the searched groups (relaxation and target) with all {MIN_SEEDS} seeds finished, the fastest "
              f"whose mean val PSNR(Y) is within {PICK_TOLERANCE_DB} dB of the best one's; its best seed on val ships")
@@ -176,6 +209,7 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
                      f"{_fmt(v['margin'])} | {'yes' if v['beats_baselines'] else 'no'} | {classic} | "
                      f"{'yes' if v['matches_classic'] else ('no' if c else '–')} | {_fmt(v['max_gap'], '.2f')} | "
                      f"{_fmt(v['differing'], '.0%')} |")
+    lines += classic_lines(points)
     lines += ["", "Searched runs before the argmax (collapse diagnostics, seed means):", "", *diagnostics(points)]
     pick = pick_default(points)
     if pick:

@@ -140,6 +140,23 @@ def test_verdicts_compare_at_matched_latency_and_select_on_val():
     assert one["margin"] > pareto_report.MARGIN_DB and one["n"] == 1 and not one["beats_baselines"]
 
 
+def test_the_classic_goal_takes_the_searched_network_best_on_val_at_each_classic_size():
+    points = [_row("c0", "classic", 2.0, 0, 31.0, 30.0, 9.6), _row("c1", "classic", 2.0, 1, 31.2, 30.0, 10.4),
+              _row("far", "classic", 3.0, 0, 31.0, 30.0, 40.0),
+              _row("s0", "searched", 2.0, 0, 31.05, 30.5, 10.5, "softmax"),  # best on val: it decides
+              _row("s1", "searched", 2.0, 1, 31.9, 30.1, 9.5, "softmax"),  # best on test, not chosen
+              _row("s2", "searched", 1.0, 0, 35.0, 35.0, 12.0, "softmax")]  # best on val, but 20 % slower
+    near, far = pareto_report.classic_verdicts(points)
+    assert near["test"] == pytest.approx(31.1) and near["searched"]["name"] == "s0" and not near["holds"]
+    assert far["searched"] is None and not far["holds"]
+    points[3]["psnr_test"] = 31.1  # equal to the classic's mean: matches
+    assert pareto_report.classic_verdicts(points)[0]["holds"]
+    text = pareto_report.markdown(_state(points), None)
+    assert "| 2× | 2 | 31.100 @ 10.00 | `s0` | 31.100 @ 10.50 | yes |" in text
+    assert "| 3× | 1 | 31.000 @ 40.00 | none within ±10 % | – | – |" in text
+    assert "chosen on val matches or beats the classic one at 1 of 2 sizes" in text
+
+
 def test_placed_models_are_listed_beside_the_pick_and_drawn(tmp_path, monkeypatch):
     points = [_row(f"s{s}", "searched", 2.0, s, 31.0, 30.0, 10.0, "softmax", arch_id="abc") for s in range(3)]
     placed = [{"name": "default", "model": "models/weights/default", "measured_ms": 10.4, "psnr_test": 30.8,
