@@ -740,7 +740,7 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
                    "on the plot; repeatable")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "
                                                           "--threads torch threads; 2 workers x 1 thread suit 2 cores)")
-    p.add_argument("--shard", help=argparse.SUPPRESS)  # K/N: marks worker K of N (set by --workers); it claims points
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by --workers: claims points, no report
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the plumbing in a few minutes")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_pareto)
@@ -754,7 +754,6 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     cfg = pareto.load_config(args.config, **{**(pareto.QUICK if args.quick else {}),
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
-    _shard(args.shard)
     places = _name_dirs(args.place, "--place")
     upkeep = args.report_only or args.retime_floor or args.retime or args.rescore or args.place  # no new points
     if args.workers < 1 or (args.workers > 1 and upkeep):
@@ -779,7 +778,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
             pass  # read back what the workers saved
     elif not upkeep:
         study.run(progress=not args.no_progress)
-    if args.shard:
+    if args.worker:
         return 0  # the parent writes the report once every worker is done
     figure = pareto_report.plot(study.state, results / "pareto.png")
     rel = os.path.relpath(figure, markdown.parent) if figure else None
@@ -801,15 +800,6 @@ def _name_dirs(items: list[str] | None, what: str, must_exist: bool = False) -> 
     return pairs
 
 
-def _shard(text: str | None) -> tuple[int, int]:
-    if not text:
-        return 0, 1
-    k, _, n = text.partition("/")
-    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
-        raise UserError(f"--shard takes K/N with 0 <= K < N (got {text!r})")
-    return int(k), int(n)
-
-
 def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> int:
     """Run the plan in `args.workers` processes of this command, each claiming the next point left; return how many
     failed."""
@@ -825,8 +815,8 @@ def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> 
     # side by side, OpenMP threads that spin while waiting burn the cores the other workers need (two 2-thread
     # trainings at once ran 11x slower on a 2-core host): idle threads sleep instead
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, f"--shard={k}/{args.workers}"],
-                              env=env) for k in range(args.workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, "--worker"], env=env)
+             for _ in range(args.workers)]
     try:
         return sum(p.wait() != 0 for p in procs)
     finally:
