@@ -258,7 +258,7 @@ class Study:
             done = self.done()
             for point in plan(self.cfg):
                 path = self._claim_path(point)
-                if point.name in done or _claimed_by_another(path):
+                if point.name in done or claimed_by_another(path):
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(str(os.getpid()))
@@ -279,7 +279,8 @@ class Study:
                 if self.state_path.is_file():
                     disk = read_json(self.state_path)
                     sizes = {**self.state.get("sizes", {}), **disk.get("sizes", {})}
-                    self.state.update({k: disk[k] for k in ("points", "floor", "targets", "placed") if k in disk},
+                    self.state.update({k: disk[k] for k in ("points", "floor", "targets", "placed", "budget_checks")
+                                       if k in disk},
                                       sizes=sizes)
                 yield
             finally:
@@ -426,7 +427,7 @@ class Study:
             model, extra = self._classic(p, run)
         else:
             arch = self._arch(p)
-            model = self._train(run, p.seed, arch if p.kind != "narrowed" else {}, **(
+            model = self.train_arch(run, p.seed, arch if p.kind != "narrowed" else {}, **(
                 {"unet_overrides": {"base_channels": self._narrowed(p).base_channels}} if p.kind == "narrowed" else {}))
             extra = {"iters": self.cfg.budget, "arch": arch or None}
         return self._row(p, model, extra)
@@ -451,7 +452,7 @@ class Study:
                 self._save(f"Pareto study: base narrowed to {cfg.base_channels} channels for {p.target:g}x the floor")
         return dataclasses.replace(self.train_cfg().unet_config(), base_channels=sizes[key]["base_channels"])
 
-    def _train(self, run: Path, seed: int, arch: dict[str, str], **changes: Any) -> Path:
+    def train_arch(self, run: Path, seed: int, arch: dict[str, str], **changes: Any) -> Path:
         from search.train import Trainer
 
         overrides = {**changes.pop("unet_overrides", {}), **({"arch": arch} if arch else {})}
@@ -468,7 +469,7 @@ class Study:
         subnet = searcher.run(progress=False)
         record = read_json(subnet / "arch.json")
         spent = self.search_equivalent(scfg)
-        model = self._train(run, p.seed, {}, init_model=str(subnet), iters=self.cfg.budget - spent)
+        model = self.train_arch(run, p.seed, {}, init_model=str(subnet), iters=self.cfg.budget - spent)
         disc = record.get("discretization") or {}
         choices = record["choices"]
         ents, margins = record["entropy"].values(), record["margin"].values()
@@ -482,8 +483,6 @@ class Study:
                           if p.try_name else {})}
 
     def _classic(self, p: Point, run: Path) -> tuple[Path, dict[str, Any]]:
-        from search.classic_train import ClassicConfig, ClassicTrainer
-
         key = f"classic@{p.target:g}"
         with self.locked():
             sizes = self.state.setdefault("sizes", {})
@@ -491,11 +490,18 @@ class Study:
                 fcfg, ms = baselines.classic_config(self.target_ms(p.target), self.watch)
                 sizes[key] = {"fsrcnn": asdict(fcfg), "sizing_ms": ms}
                 self._save(f"Pareto study: FSRCNN sized for {p.target:g}x the floor")
-        raw = self.train_cfg(seed=p.seed).to_dict()
+        return self.train_classic(run, p.seed, sizes[key]["fsrcnn"]), {"iters": self.cfg.budget,
+                                                                       "fsrcnn": sizes[key]["fsrcnn"]}
+
+    def train_classic(self, run: Path, seed: int, fsrcnn: dict[str, Any], **changes: Any) -> Path:
+        """FSRCNN trained by direct regression on the study's recipe (its diffusion settings aside)."""
+        from search.classic_train import ClassicConfig, ClassicTrainer
+
+        raw = self.train_cfg(seed=seed, **changes).to_dict()
         raw.pop("diffusion")
-        trainer = ClassicTrainer(ClassicConfig.from_dict({**raw, "fsrcnn": sizes[key]["fsrcnn"]}), run / "train")
+        trainer = ClassicTrainer(ClassicConfig.from_dict({**raw, "fsrcnn": fsrcnn}), run / "train")
         trainer.resume()
-        return trainer.run(progress=False), {"iters": self.cfg.budget, "fsrcnn": sizes[key]["fsrcnn"]}
+        return trainer.run(progress=False)
 
     # ---- scoring -------------------------------------------------------------------------------
     def _row(self, p: Point, model: Path, extra: dict[str, Any]) -> dict[str, Any]:
@@ -601,7 +607,7 @@ def _check_tries(cfg: StudyConfig) -> None:
             raise UserError(f"try {name!r}: " + "; ".join(filter(None, problems)))
 
 
-def _claimed_by_another(path: Path) -> bool:
+def claimed_by_another(path: Path) -> bool:
     """Whether a claim file names another process that is still alive (a claim outlives a killed worker)."""
     try:
         pid = int(path.read_text())

@@ -121,6 +121,43 @@ def classic_lines(points: list[dict[str, Any]]) -> list[str]:
     return lines + ["", f"The searched network chosen on val matches or beats the classic one at {held} of {len(rows)} sizes."]
 
 
+def budget_lines(state: dict[str, Any]) -> list[str]:
+    """The budget checks (`srnas pareto --budget-check`): the classic network and the searched network chosen at its
+    size, both trained from fresh weights for a longer budget, beside their figures at the study's budget."""
+    checks = state.get("budget_checks") or {}
+    if not checks:
+        return []
+    lines = ["", "Longer training at a classic size (`srnas pareto --budget-check SIZE`: the searched network chosen "
+                 "there and the classic one, both from fresh weights, every baseline seed; times as measured in the "
+                 "study):", "",
+             "| classic of target | iterations | searched network | searched test (n) | classic test (n) | "
+             "searched val | classic val | margin dB | searched ≥ classic |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in checks.values():
+        study = [p for p in state["points"] if p["kind"] == "classic" and p["target"] == c["size"]]
+        pick = [p for p in state["points"] if p["name"] == c["searched_point"]]
+        label = f"`{c['searched_point']}` @ {c['searched_ms']:.2f} ms (classic {c['classic_ms']:.2f} ms)"
+        lines.append(_budget_row(c["size"], f"{c['study_budget']} (the study's)", label, pick, study))
+        rows = c["rows"]
+        lines.append(_budget_row(c["size"], str(c["iters"]), "the same architecture, fresh weights",
+                                 [r for r in rows if r["kind"] == "searched"], [r for r in rows if r["kind"] == "classic"]))
+    return lines
+
+
+def _budget_row(size: float, iters: str, label: str, searched: list[dict[str, Any]],
+                classic: list[dict[str, Any]]) -> str:
+    def cell(rows: list[dict[str, Any]], key: str, std: bool = True) -> str:
+        if not rows:
+            return "–"
+        m, s = _mean_std([r[key] for r in rows])
+        return f"{m:.3f} ± {s:.3f} ({len(rows)})" if std else f"{m:.3f}"
+
+    margin = (statistics.fmean(r["psnr_test"] for r in searched) - statistics.fmean(r["psnr_test"] for r in classic)
+              if searched and classic else None)
+    holds = "–" if margin is None else ("yes" if margin >= 0 else "no")
+    return (f"| {size:g}× | {iters} | {label} | {cell(searched, 'psnr_test')} | {cell(classic, 'psnr_test')} | "
+            f"{cell(searched, 'psnr_val', False)} | {cell(classic, 'psnr_val', False)} | {_fmt(margin)} | {holds} |")
+
+
 PICK_TOLERANCE_DB = 0.1
 PICK_RULE = (f"among the searched groups (relaxation and target) with all {MIN_SEEDS} seeds finished, the fastest "
              f"whose mean val PSNR(Y) is within {PICK_TOLERANCE_DB} dB of the best one's; its best seed on val ships")
@@ -210,6 +247,7 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
                      f"{'yes' if v['matches_classic'] else ('no' if c else '–')} | {_fmt(v['max_gap'], '.2f')} | "
                      f"{_fmt(v['differing'], '.0%')} |")
     lines += classic_lines(points)
+    lines += budget_lines(state)
     lines += ["", "Searched runs before the argmax (collapse diagnostics, seed means):", "", *diagnostics(points)]
     pick = pick_default(points)
     if pick:

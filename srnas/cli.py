@@ -738,6 +738,10 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--place", action="append", metavar="NAME=DIR", help="score and time a model folder that is not "
                    "one of the study's points (e.g. the shipped default) on the study's crops and floor, and mark it "
                    "on the plot; repeatable")
+    p.add_argument("--budget-check", type=float, metavar="SIZE", help="at the classic network of this target (e.g. "
+                   "1.5), train the searched network chosen there and the classic one from fresh weights for "
+                   "--budget-iters iterations, every baseline seed, and report whether the standing holds")
+    p.add_argument("--budget-iters", type=int, default=3000, help="iterations of the budget check (default 3000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the plan (each trains with "
                                                           "--threads torch threads; 2 workers x 1 thread suit 2 cores)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by --workers: claims points, no report
@@ -748,6 +752,7 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from search import pareto, pareto_report
+    from search.pareto_budget import BudgetCheck
 
     given = {"relaxations": args.relax, "targets": args.targets, "lut": args.lut, "data": args.data,
              "train_threads": args.threads}
@@ -755,9 +760,10 @@ def cmd_pareto(args: argparse.Namespace) -> int:
                                              **{k: v for k, v in given.items() if v is not None}})
     pareto.validate(cfg)
     places = _name_dirs(args.place, "--place")
-    upkeep = args.report_only or args.retime_floor or args.retime or args.rescore or args.place  # no new points
-    if args.workers < 1 or (args.workers > 1 and upkeep):
-        raise UserError("--workers takes a positive number, and more than 1 only to run the study")
+    upkeep = (args.report_only or args.retime_floor or args.retime or args.rescore or args.place
+              or args.budget_check is not None)  # no new points of the study
+    if args.workers < 1 or (args.workers > 1 and upkeep and args.budget_check is None):
+        raise UserError("--workers takes a positive number, and more than 1 only to run the study or a budget check")
     out = Path(args.out)
     results = Path(args.results or (out / "results" if args.quick else pareto.ROOT / "bench" / "results" / "pareto"))
     markdown = Path(args.markdown or (out / "report.md" if args.quick else pareto.ROOT / "BENCHMARKS.md"))
@@ -771,6 +777,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     for name, folder in places:
         row = study.place(name, folder)
         print(f"{name}: test PSNR(Y) {row['psnr_test']:.3f} dB, {row['measured_ms']:.2f} ms/step")
+    check = BudgetCheck(study, args.budget_check, args.budget_iters) if args.budget_check is not None else None
+    if check is not None and args.workers == 1:
+        print(f"{check.run()} budget-check rows trained")
     if args.workers > 1:
         if _pareto_workers(args, results, markdown):
             raise UserError("a worker process failed; rerun the same command to resume")
@@ -807,6 +816,8 @@ def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> 
             if name in ("config", "out", "lut", "data", "threads") and value is not None]
     same += [f"--relax={','.join(args.relax)}"] if args.relax else []
     same += [f"--targets={','.join(f'{t:g}' for t in args.targets)}"] if args.targets else []
+    same += [f"--budget-check={args.budget_check:g}", f"--budget-iters={args.budget_iters}"] \
+        if args.budget_check is not None else []
     same += [f"--results={results}", f"--markdown={markdown}", "--no-progress"]
     same += [flag for flag, on in (("--commit", args.commit), ("--quick", args.quick)) if on]
     # `kill` (SIGTERM) would end this process alone and leave its workers running the plan, which a restart then

@@ -175,6 +175,21 @@ def test_placed_models_are_listed_beside_the_pick_and_drawn(tmp_path, monkeypatc
     assert drawn == ["default", "previous"]
 
 
+def test_the_budget_check_sets_longer_training_beside_the_study_budget():
+    points = [_row(f"c{s}", "classic", 1.5, s, 31.0 + 0.2 * s, 30.0, 10.0) for s in range(3)]
+    points += [_row("pick", "searched", 1.5, 1, 30.8, 30.1, 10.2, "softmax")]
+    rows = [{"kind": k, "seed": s, "psnr_test": t, "psnr_val": t - 1} for k, s, t in (
+        ("searched", 0, 31.6), ("searched", 1, 31.4), ("classic", 0, 31.3), ("classic", 1, 31.3))]
+    check = {"size": 1.5, "iters": 3000, "study_budget": 1000, "searched_point": "pick", "searched_ms": 10.2,
+             "classic_ms": 10.0, "rows": rows}
+    text = pareto_report.markdown({**_state(points), "budget_checks": {"1.5x-3000": check}}, None)
+    assert ("| 1.5× | 1000 (the study's) | `pick` @ 10.20 ms (classic 10.00 ms) | 30.800 ± 0.000 (1) | "
+            "31.200 ± 0.200 (3) | 30.100 | 30.000 | -0.400 | no |") in text
+    assert ("| 1.5× | 3000 | the same architecture, fresh weights | 31.500 ± 0.141 (2) | 31.300 ± 0.000 (2) | "
+            "30.500 | 30.300 | 0.200 | yes |") in text
+    assert "Longer training" not in pareto_report.markdown(_state(points), None)
+
+
 @pytest.mark.slow
 def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
@@ -204,6 +219,28 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     assert "with batch 2, patch 32, warmup 1;" in report  # the quick budget's changes to the recipe are named
     hours = pareto_report.worker_hours(state["points"])
     assert hours > 0 and f"own {len(names)} points took {hours:.1f} h of worker time" in report
+    stored = json.loads((results / "pareto.json").read_text())  # a searched point at the classic's time (the
+    near = next(p for p in stored["points"] if p["kind"] == "searched")["measured_ms"]  # quick nets are any size)
+    for p in stored["points"]:
+        p["measured_ms"] = near if p["kind"] == "classic" else p["measured_ms"]
+    (results / "pareto.json").write_text(json.dumps(stored))
+    check = (*args, "--budget-check", "2", "--budget-iters", "6")  # the classic size, trained longer
+    r = run_srnas(*check, "--workers", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    entry = json.loads((results / "pareto.json").read_text())["budget_checks"]["2x-6"]
+    assert sorted((row["kind"], row["seed"], row["train_iters"]) for row in entry["rows"]) == [
+        ("classic", 0, 6), ("searched", 0, 6)]
+    assert entry["searched_point"] in names and entry["fsrcnn"] == next(
+        p["fsrcnn"] for p in state["points"] if p["kind"] == "classic")
+    assert all(row["psnr_test"] > 10 for row in entry["rows"]) and (out / "budget" / "2x-6" / "searched-s0").is_dir()
+    assert "Longer training at a classic size" in (out / "report.md").read_text()
+    r = run_srnas(*check)  # resumes: nothing left to train
+    assert r.returncode == 0 and "0 budget-check rows trained" in r.stdout
+    for bad, message in ((("--budget-check", "2", "--budget-iters", "4"), "must be above the study's budget"),
+                         (("--budget-check", "5"), "no classic network of that size")):
+        r = run_srnas(*args, *bad)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    state = json.loads((results / "pareto.json").read_text())
     rescored = run_srnas(*args, "--rescore")  # the same crops score the same: the figures and kept models hold
     assert rescored.returncode == 0, rescored.stderr[-2000:]
     assert json.loads((results / "pareto.json").read_text())["points"] == state["points"]
