@@ -46,8 +46,11 @@ class UNet(nn.Module):
         self.concat_parts: dict[str, tuple[int, int]] = {}  # up stage -> (input, skip) channels
         self.embed = NoiseEmbedding(cfg.base_channels, cfg.noise_scale)
         ch = chans[0]
-        self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        skips, res = [ch], cfg.image_size
+        if cfg.fold < 1 or cfg.image_size % (cfg.fold * 2 ** (len(chans) - 1)):
+            raise ValueError(f"fold {cfg.fold}: the tile ({cfg.image_size}) must divide by it and by every level")
+        self.fold = nn.PixelUnshuffle(cfg.fold) if cfg.fold > 1 else nn.Identity()
+        self.stem = nn.Conv2d(cfg.in_channels * cfg.fold ** 2, ch, 3, padding=1)
+        skips, res = [ch], cfg.image_size // cfg.fold
         self.down, self.down_levels = nn.ModuleList(), []
         last = len(cfg.channel_mults) - 1
         for level in range(len(chans)):
@@ -75,7 +78,8 @@ class UNet(nn.Module):
                 self._add(self.up, self.up_levels, level, choice_module(
                     f"up{level}.up", cfg.arch.get(f"up{level}.up", DEFAULT_OP), lambda op, c=ch: Upsample(c, op)))
                 res *= 2
-        self.head = ConvUnit(ch, cfg.out_channels, cfg.groups)
+        self.head = ConvUnit(ch, cfg.out_channels * cfg.fold ** 2, cfg.groups)
+        self.unfold = nn.PixelShuffle(cfg.fold) if cfg.fold > 1 else nn.Identity()
         self.__dict__["_narrow"] = {}  # width choice -> (UNet, slice plan); not submodules
 
     @staticmethod
@@ -100,7 +104,7 @@ class UNet(nn.Module):
         if len(self.width_slots):
             return self._elastic_forward(x, noise_level)
         emb = self.embed(noise_level)
-        h = self.stem(x)
+        h = self.stem(self.fold(x))
         feats = [h]
         for m, level in zip(self.down, self.down_levels):
             h = _gate(m(h, emb), gates, level) if isinstance(m, Stage) else m(h)
@@ -109,7 +113,7 @@ class UNet(nn.Module):
             h = _gate(m(h, emb), gates, len(self.cfg.channel_mults) - 1)
         for m, level in zip(self.up, self.up_levels):
             h = _gate(m(torch.cat([h, feats.pop()], dim=1), emb), gates, level) if isinstance(m, Stage) else m(h)
-        return self.head(h)
+        return self.unfold(self.head(h))
 
     # ---- elastic widths ----------------------------------------------------------------------
     def _elastic_forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:

@@ -52,3 +52,44 @@ def test_every_option_changes_the_network():
     assert count_params(UNet(UNetConfig(**{**base, "res_blocks": 2}))) > n0
     assert count_params(UNet(UNetConfig(**{**base, "attn_resolutions": (64,)}))) > n0
     assert count_params(UNet(UNetConfig(**{**base, "channel_mults": (1, 2, 2)}))) > n0
+
+
+def test_a_folded_network_runs_every_operator_below_the_tile():
+    torch.manual_seed(0)
+    net = UNet(preset("tiny-fold2")).eval()
+    sizes = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[-1]))
+    with torch.no_grad():
+        out = net(torch.randn(2, 6, 128, 128), torch.tensor([0.5, 0.5]))
+    assert out.shape == (2, 3, 128, 128) and max(sizes) == 64
+    assert net.stem.in_channels == 24 and net.head.op.out_channels == 12
+    plain = UNet(preset("tiny"))  # fold 1 adds no parameters: shipped weights load as before
+    assert plain.stem.weight.shape == (16, 6, 3, 3) and not any("fold" in k for k in plain.state_dict())
+    with pytest.raises(ValueError, match="fold 3"):
+        UNet(UNetConfig.from_dict({**preset("tiny").to_dict(), "fold": 3}))
+
+
+def test_a_folded_subnet_exports_and_matches_its_supernet():
+    from export.onnx_export import to_onnx
+    from export.runtime import RuntimeConfig, ort_session
+    from search.space import make_space
+    from search.supernet import derive_arch, extract, one_hot_weights, search_slots, space_config
+
+    torch.manual_seed(0)
+    base = preset("tiny-fold2")
+    supernet = UNet(space_config(base, make_space("default", base))).eval()
+    for m in search_slots(supernet):
+        m.alpha.data.normal_()
+    arch = derive_arch(supernet)
+    sub = extract(supernet, arch)
+    one_hot_weights(supernet, arch)
+    x, t = torch.randn(1, 6, 128, 128), torch.tensor([0.3])
+    with torch.no_grad():
+        want = sub(x, t)
+        assert torch.equal(supernet(x, t), want)  # the argmax widths and operators, weights inherited
+    sess = ort_session(to_onnx(sub, (x, t), ["x", "t"]), RuntimeConfig(intra_threads=1,
+                                                                        providers=("CPUExecutionProvider",)))
+    got = sess.run(None, {"x": x.numpy(), "t": t.numpy()})[0]
+    assert abs(got - want.numpy()).max() < 1e-4
