@@ -282,6 +282,7 @@ class Study:
                     self.state.update({k: disk[k] for k in ("points", "floor", "targets", "placed", "budget_checks")
                                        if k in disk},
                                       sizes=sizes)
+                    self.state["host"] = self.state.get("host") or disk.get("host", "")  # as the workers named it
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

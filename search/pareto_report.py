@@ -211,7 +211,8 @@ def worker_hours(points: list[dict[str, Any]]) -> float:
     return sum(p.get("wall_seconds", 0.0) for p in points) / 3600
 
 
-def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None) -> str:
+def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None,
+             rows: str = "bench/results/pareto/pareto.json") -> str:
     points = state["points"]
     stats = groups(points)
     cfg, floor = state["config"], state["floor"]
@@ -262,7 +263,7 @@ def markdown(state: dict[str, Any], plot: str | None, planned: int | None = None
              if len(own) < len(points) else "")
     lines += ["", f"{len(points)} points{progress}; the study's own {len(own)} points took {worker_hours(own):.1f} h "
               f"of worker time{tried} (the points' wall-clock summed over the worker processes that ran them side by "
-              "side); raw rows in `bench/results/pareto/pareto.json`.", END]
+              f"side); raw rows in `{rows}`.", END]
     return "\n".join(lines) + "\n"
 
 

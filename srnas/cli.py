@@ -791,7 +791,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         return 0  # the parent writes the report once every worker is done
     figure = pareto_report.plot(study.state, results / "pareto.png")
     rel = os.path.relpath(figure, markdown.parent) if figure else None
-    pareto_report.write_section(markdown, pareto_report.markdown(study.state, rel, len(pareto.plan(cfg))))
+    rows = os.path.relpath(study.state_path, pareto.ROOT) if study.state_path.resolve().is_relative_to(pareto.ROOT) \
+        else str(study.state_path)
+    pareto_report.write_section(markdown, pareto_report.markdown(study.state, rel, len(pareto.plan(cfg)), rows))
     print(f"{len(study.state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
     return 0
 

@@ -217,6 +217,8 @@ def test_quick_study_runs_resumes_and_reports(run_srnas, tmp_path):
     report = (out / "report.md").read_text()
     assert (results / "pareto.png").stat().st_size > 10_000 and pareto_report.START in report
     assert "with batch 2, patch 32, warmup 1;" in report  # the quick budget's changes to the recipe are named
+    assert state["host"] and f"on **{state['host']}**" in report  # as the workers named it
+    assert f"raw rows in `{results / 'pareto.json'}`" in report
     hours = pareto_report.worker_hours(state["points"])
     assert hours > 0 and f"own {len(names)} points took {hours:.1f} h of worker time" in report
     stored = json.loads((results / "pareto.json").read_text())  # a searched point at the classic's time (the
