@@ -18,22 +18,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from scipy.stats import linregress
 from torch.utils.flop_counter import FlopCounterMode
 
 from search import pareto
 
 
 def fit(gflop: list[float], ms: list[float]) -> dict[str, float]:
-    """Least-squares `ms = fixed + per_gflop * gflop`, with R²."""
-    g, t = np.asarray(gflop, float), np.asarray(ms, float)
-    a = np.stack([np.ones_like(g), g], 1)
-    (fixed, per), *_ = np.linalg.lstsq(a, t, rcond=None)
-    resid = t - a @ np.array([fixed, per])
-    r2 = 1 - float((resid ** 2).sum()) / float(((t - t.mean()) ** 2).sum()) if len(t) > 1 else float("nan")
-    return {"fixed_ms": float(fixed), "ms_per_gflop": float(per), "r2": r2, "n": len(t),
-            "gflop_min": float(g.min()), "gflop_max": float(g.max())}
+    """Least-squares `ms = fixed + per_gflop * gflop`, with R² (at least two networks)."""
+    line = linregress(gflop, ms)
+    return {"fixed_ms": float(line.intercept), "ms_per_gflop": float(line.slope), "r2": float(line.rvalue ** 2),
+            "n": len(gflop), "gflop_min": float(min(gflop)), "gflop_max": float(max(gflop))}
 
 
 def network_rows(study: pareto.Study) -> list[dict[str, Any]]:
@@ -67,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                          pareto.ROOT / "bench" / "results" / "pareto")
     rows = network_rows(study)
     fits = {fam: fit([r["gflop"] for r in rows if r["family"] == fam], [r["ms"] for r in rows if r["family"] == fam])
-            for fam in ("unet", "classic") if any(r["family"] == fam for r in rows)}
+            for fam in ("unet", "classic") if sum(r["family"] == fam for r in rows) > 1}
     print(f"host: {study.state['host']}; floor {study.state['floor']['measured_ms']:.2f} ms/step")
     print("| family | networks | GFLOP/step | fixed ms | ms per GFLOP | R² | fixed share at 12 ms | at 20 ms |")
     print("|---|---|---|---|---|---|---|---|")

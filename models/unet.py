@@ -46,8 +46,8 @@ class UNet(nn.Module):
         self.concat_parts: dict[str, tuple[int, int]] = {}  # up stage -> (input, skip) channels
         self.embed = NoiseEmbedding(cfg.base_channels, cfg.noise_scale)
         ch = chans[0]
-        if cfg.fold < 1 or cfg.image_size % (cfg.fold * 2 ** (len(chans) - 1)):
-            raise ValueError(f"fold {cfg.fold}: the tile ({cfg.image_size}) must divide by it and by every level")
+        if cfg.fold < 1 or cfg.image_size % cfg.fold:
+            raise ValueError(f"fold {cfg.fold}: the tile ({cfg.image_size}) must divide by it")
         self.fold = nn.PixelUnshuffle(cfg.fold) if cfg.fold > 1 else nn.Identity()
         self.stem = nn.Conv2d(cfg.in_channels * cfg.fold ** 2, ch, 3, padding=1)
         skips, res = [ch], cfg.image_size // cfg.fold

@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from search.supernet import space_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a label on the plot, never a path
+T = TypeVar("T")
 KINDS = ("searched", "random", "narrowed", "floor", "classic", "base")
 
 
@@ -256,14 +257,7 @@ class Study:
         the plan (a fixed split left one of two workers idle for the last six points of a resumed study)."""
         with self.locked():
             done = self.done()
-            for point in plan(self.cfg):
-                path = self._claim_path(point)
-                if point.name in done or claimed_by_another(path):
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(str(os.getpid()))
-                return point
-        return None
+            return claim_first(plan(self.cfg), self._claim_path, lambda p: p.name in done)
 
     def _claim_path(self, point: Point) -> Path:
         return self.out / "claims" / f"{point.name}.pid"
@@ -606,6 +600,19 @@ def _check_tries(cfg: StudyConfig) -> None:
                     not t["seeds"] and "seeds must not be empty"]
         if any(problems):
             raise UserError(f"try {name!r}: " + "; ".join(filter(None, problems)))
+
+
+def claim_first(items: Iterable[T], path_of: Callable[[T], Path], done: Callable[[T], bool]) -> T | None:
+    """The first item neither done nor claimed by another live process, claimed for this one by a file holding its
+    pid (call it under the study's lock)."""
+    for item in items:
+        path = path_of(item)
+        if done(item) or claimed_by_another(path):
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(os.getpid()))
+        return item
+    return None
 
 
 def claimed_by_another(path: Path) -> bool:

@@ -12,13 +12,12 @@ and several processes running the same command share the rows left (each claims 
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from models.errors import UserError
 from search import pareto_report
-from search.pareto import Study, claimed_by_another, score
+from search.pareto import Study, claim_first, score
 
 
 def check_key(size: float, iters: int) -> str:
@@ -70,14 +69,8 @@ class BudgetCheck:
     def _claim(self) -> tuple[str, int] | None:
         with self.study.locked():
             done = {(r["kind"], r["seed"]) for r in self.entry()["rows"]}
-            for job in jobs(self.study.cfg.baseline_seeds):
-                path = self._claim_path(*job)
-                if job in done or claimed_by_another(path):
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(str(os.getpid()))
-                return job
-        return None
+            return claim_first(jobs(self.study.cfg.baseline_seeds), lambda job: self._claim_path(*job),
+                               lambda job: job in done)
 
     def _claim_path(self, kind: str, seed: int):
         return self.study.out / "budget" / self.key / "claims" / f"{kind}-s{seed}.pid"

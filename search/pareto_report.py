@@ -151,7 +151,7 @@ def _budget_row(size: float, iters: str, label: str, searched: list[dict[str, An
         m, s = _mean_std([r[key] for r in rows])
         return f"{m:.3f} ± {s:.3f} ({len(rows)})" if std else f"{m:.3f}"
 
-    margin = (statistics.fmean(r["psnr_test"] for r in searched) - statistics.fmean(r["psnr_test"] for r in classic)
+    margin = (_mean_std([r["psnr_test"] for r in searched])[0] - _mean_std([r["psnr_test"] for r in classic])[0]
               if searched and classic else None)
     holds = "–" if margin is None else ("yes" if margin >= 0 else "no")
     return (f"| {size:g}× | {iters} | {label} | {cell(searched, 'psnr_test')} | {cell(classic, 'psnr_test')} | "
