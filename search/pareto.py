@@ -180,10 +180,9 @@ class Study:
         raw = read_yaml(ROOT / self.cfg.search_recipe, f"{self.cfg.search_recipe}: cannot read")
         raw.update(preset=self.cfg.preset, space=self.cfg.space, data=self.cfg.data, threads=self.cfg.train_threads,
                    relax=relax, seed=seed, cost="latency", lut=str(_abs(self.cfg.lut)))
-        raw.update(self.cfg.search)
-        if try_name:  # a try changes single fields of a nested setting (cost_loss: {form: absolute}), not all
-            for k, v in self.cfg.try_settings(try_name)["search"].items():
-                raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+        _override(raw, self.cfg.search)
+        if try_name:
+            _override(raw, self.cfg.try_settings(try_name)["search"])
         form = (raw.get("cost_loss") or {}).get("form")
         loss = {**(raw.get("cost_loss") or {}), "form": form if form in TARGET_FORMS else "budget",
                 "target_latency": target_s, "target_flops": None}
@@ -600,6 +599,13 @@ def _check_tries(cfg: StudyConfig) -> None:
                     not t["seeds"] and "seeds must not be empty"]
         if any(problems):
             raise UserError(f"try {name!r}: " + "; ".join(filter(None, problems)))
+
+
+def _override(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Apply a study's or a try's search overrides: one field of a nested setting (cost_loss: {form: absolute})
+    changes that field and keeps the recipe's others."""
+    for k, v in overrides.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
 
 
 def claim_first(items: Iterable[T], path_of: Callable[[T], Path], done: Callable[[T], bool]) -> T | None:

@@ -75,6 +75,17 @@ def test_tries_add_searches_after_the_study_and_keep_its_results_valid(tmp_path)
     assert plain.cost_loss.form == "budget" and plain.alpha_lr != 0.003
 
 
+def test_the_studys_search_overrides_change_single_fields_of_nested_settings(tmp_path):
+    recipe = tmp_path / "search.yaml"
+    recipe.write_text((ROOT / "search/recipes/search-tiny.yaml").read_text().replace("t_max: 20.0", "t_max: 10.0"))
+    cfg = StudyConfig(search_recipe=str(recipe), search={"temperature": {"t_min": 0.05},
+                                                         "cost_loss": {"form": "absolute", "lambda_budget": 2.0}})
+    scfg = pareto.Study(cfg, tmp_path / "run", tmp_path / "results").search_cfg("softmax", 0, 0.01)
+    assert (scfg.temperature.t_max, scfg.temperature.t_min) == (10.0, 0.05)  # the recipe's t_max is kept
+    assert (scfg.cost_loss.form, scfg.cost_loss.lambda_budget, scfg.cost_loss.target_latency) == (
+        "absolute", 2.0, 0.01)
+
+
 @pytest.mark.parametrize("tries, message", [
     ({"../x": {}}, "a name of lower-case letters"),
     ({"a": {"relaxations": ["annealing"]}}, "unknown relaxation annealing"),
