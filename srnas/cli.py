@@ -753,6 +753,7 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from search import pareto, pareto_report
     from search.pareto_budget import BudgetCheck
+    from srnas.deploy import shown_path
 
     given = {"relaxations": args.relax, "targets": args.targets, "lut": args.lut, "data": args.data,
              "train_threads": args.threads}
@@ -791,9 +792,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         return 0  # the parent writes the report once every worker is done
     figure = pareto_report.plot(study.state, results / "pareto.png")
     rel = os.path.relpath(figure, markdown.parent) if figure else None
-    rows = os.path.relpath(study.state_path, pareto.ROOT) if study.state_path.resolve().is_relative_to(pareto.ROOT) \
-        else str(study.state_path)
-    pareto_report.write_section(markdown, pareto_report.markdown(study.state, rel, len(pareto.plan(cfg)), rows))
+    pareto_report.write_section(markdown, pareto_report.markdown(study.state, rel, len(pareto.plan(cfg)),
+                                                                 shown_path(study.state_path)))
     print(f"{len(study.state['points'])} points in {results / 'pareto.json'}; report in {markdown}")
     return 0
 

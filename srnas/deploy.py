@@ -43,8 +43,8 @@ def model_arch(bundle: ModelBundle, supernet) -> dict[str, str]:
     return arch
 
 
-def _shown(path: str | Path) -> str:
-    """A path inside the repository as it is written there, so deploy.json does not name this machine."""
+def shown_path(path: str | Path) -> str:
+    """A path inside the repository as it is written there, so a written file does not name this machine."""
     p = Path(path).resolve()
     return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
 
@@ -71,8 +71,8 @@ def predicted_from_lut(bundle: ModelBundle, lut: str | Path) -> dict[str, Any]:
     if bundle.path is not None:  # the references a server times to map this table onto its own host
         from search.calibrate import write_kit
 
-        write_kit(bundle.path, table, _shown(lut), supernet)
-    return {"source": _shown(lut), "host": table.meta["host"], "version": table.meta["version"],
+        write_kit(bundle.path, table, shown_path(lut), supernet)
+    return {"source": shown_path(lut), "host": table.meta["host"], "version": table.meta["version"],
             "threads": table.meta.get("threads"), "corrected": sorted(str(b) for b in table.correction),
             "seconds": seconds, "parts": parts}
 
