@@ -57,8 +57,11 @@ SHORTCUTS = ("identity", "conv1x1")  # a residual block's shortcut
 Choice = str | Sequence[str]  # one operator, or the candidates of a searchable slot
 
 
-def group_norm(groups: int, channels: int) -> nn.GroupNorm:
-    """GroupNorm with `groups` groups, or the largest divisor of `channels` below it (narrow subnets)."""
+def group_norm(groups: int, channels: int) -> nn.Module:
+    """GroupNorm with `groups` groups, or the largest divisor of `channels` below it (narrow subnets). With 0
+    groups, no normalisation at all (identity), as in EDSR-style super-resolution networks."""
+    if groups == 0:
+        return nn.Identity()
     return nn.GroupNorm(math.gcd(groups, channels), channels)
 
 

@@ -71,6 +71,31 @@ def test_a_folded_network_runs_every_operator_below_the_tile():
         UNet(UNetConfig.from_dict({**preset("tiny").to_dict(), "fold": 3}))
 
 
+def test_the_norm_free_preset_has_no_normalisation_and_its_subnets_export():
+    import onnx
+
+    from export.onnx_export import to_onnx
+    from export.runtime import RuntimeConfig, ort_session
+    from search.space import make_space
+    from search.supernet import derive_arch, extract, space_config
+
+    torch.manual_seed(0)
+    base = preset("tiny-fold2-nonorm")
+    supernet = UNet(space_config(base, make_space("default", base)))
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in supernet.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in UNet(preset("tiny-fold2")).modules())
+    sub = extract(supernet, derive_arch(supernet)).eval()
+    x, t = torch.randn(1, 6, 128, 128), torch.tensor([0.3])
+    with torch.no_grad():
+        want = sub(x, t)
+    model = to_onnx(sub, (x, t), ["x", "t"])
+    assert not {n.op_type for n in onnx.load_from_string(model).graph.node} & {"GroupNormalization",
+                                                                               "InstanceNormalization"}
+    sess = ort_session(model, RuntimeConfig(intra_threads=1, providers=("CPUExecutionProvider",)))
+    got = sess.run(None, {"x": x.numpy(), "t": t.numpy()})[0]
+    assert abs(got - want.numpy()).max() < 1e-4
+
+
 def test_a_folded_subnet_exports_and_matches_its_supernet():
     from export.onnx_export import to_onnx
     from export.runtime import RuntimeConfig, ort_session
