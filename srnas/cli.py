@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -13,6 +11,7 @@ from typing import Any, Callable
 from models.errors import UserError
 from search.configfile import read_yaml
 from search.objective import FORMS
+from srnas.workers import run_workers
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -822,20 +821,7 @@ def _pareto_workers(args: argparse.Namespace, results: Path, markdown: Path) -> 
         if args.budget_check is not None else []
     same += [f"--results={results}", f"--markdown={markdown}", "--no-progress"]
     same += [flag for flag, on in (("--commit", args.commit), ("--quick", args.quick)) if on]
-    # `kill` (SIGTERM) would end this process alone and leave its workers running the plan, which a restart then
-    # runs a second time in the same run folders: exit through `finally`, which stops them
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    # side by side, OpenMP threads that spin while waiting burn the cores the other workers need (two 2-thread
-    # trainings at once ran 11x slower on a 2-core host): idle threads sleep instead
-    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
-    procs = [subprocess.Popen([sys.executable, "-m", "srnas.cli", "pareto", *same, "--worker"], env=env)
-             for _ in range(args.workers)]
-    try:
-        return sum(p.wait() != 0 for p in procs)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
+    return run_workers([sys.executable, "-m", "srnas.cli", "pareto", *same, "--worker"], args.workers)
 
 
 # ---- ablate --------------------------------------------------------------------------------

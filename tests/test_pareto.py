@@ -325,6 +325,21 @@ def test_workers_claim_the_next_point_left_and_skip_only_live_claims(tmp_path):
     assert study._claim() == first  # its worker is gone
 
 
+def test_a_stop_signal_while_workers_start_exits_once_they_are_known():
+    """SIGTERM inside Popen would leave the child it is starting running, unknown to the list that is stopped on
+    the way out: the handler holds it until the workers are all started, then exits with the shell's status."""
+    from srnas.workers import STOPPED, ExitOnTerm
+
+    stop, started = ExitOnTerm(), []
+    with pytest.raises(SystemExit) as held:
+        with stop.deferred():
+            stop(signal.SIGTERM, None)
+            started.append("worker")
+    assert started == ["worker"] and held.value.code == STOPPED == 143
+    with pytest.raises(SystemExit):  # after start-up, at once
+        stop(signal.SIGTERM, None)
+
+
 def test_stopping_the_study_stops_its_workers(tmp_path):
     """A study killed with SIGTERM takes its worker processes with it: left running, they would run the plan a
     second time beside a restarted study, in the same run folders."""
