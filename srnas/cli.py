@@ -394,7 +394,8 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("deploy", help="make a model folder ready to serve: model.onnx, int8 variant, deploy.json")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--lut", default=None, help="latency table for the search-time prediction "
-                                                "(default: the shipped one; 'none' to skip)")
+                                                "(default: the shipped one for the model's preset; "
+                                                "'none' to skip)")
     p.add_argument("--int8", action="store_true", help="also build model.int8.onnx and measure its PSNR cost")
     p.add_argument("--crops", type=int, default=4, help="validation crops per image for the variant's PSNR")
     p.add_argument("--threads", type=int, default=0)
@@ -402,9 +403,9 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from srnas.deploy import DEFAULT_LUT, DeployConfig, deploy
+    from srnas.deploy import DeployConfig, default_lut, deploy
 
-    lut = None if args.lut == "none" else args.lut or str(DEFAULT_LUT)
+    lut = None if args.lut == "none" else args.lut or default_lut(args.model)
     if lut and not Path(lut).is_file():
         raise UserError(f"{lut}: no such latency table")
     if args.crops < 1:

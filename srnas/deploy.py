@@ -12,18 +12,30 @@ from typing import Any
 
 from export.backends import ONNX_FILES, ort_denoiser
 from export.onnx_export import export_unet
-from export.record import MAX_PSNR_DROP_DB, key_for, read_record, update_record
+from export.record import MAX_PSNR_DROP_DB, key_for, read_record, record_network, update_record
 from export.runtime import RuntimeConfig
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LUT = ROOT / "search" / "luts" / "tiny-default-ort.json"
+LUTS = ROOT / "search" / "luts"
+# the table deploy records when none is named, per preset: the 2-thread one (one worker with the whole 2-core
+# host); `--lut` adds the tables of other thread counts or hosts beside it
+DEFAULT_LUTS = {"tiny": LUTS / "tiny-default-ort.json",
+                "tiny-fold2-nonorm": LUTS / "tiny-fold2-nonorm-default-ort-2t-epyc.json"}
+
+
+def default_lut(model_dir: str | Path | None) -> str:
+    """The shipped latency table for the model folder's preset (the shipped model's without a folder)."""
+    name = load_model(model_dir).preset
+    if name not in DEFAULT_LUTS:
+        raise UserError(f"no shipped latency table for preset {name!r}: name one with --lut (or --lut none)")
+    return str(DEFAULT_LUTS[name])
 
 
 @dataclass
 class DeployConfig:
-    lut: str | None = str(DEFAULT_LUT)
+    lut: str | None = None  # None: record no prediction
     int8: bool = False
     crops_per_image: int = 4  # validation crops per image (8 in all, as the README's table) for the variant's PSNR
     threads: int = 0
@@ -97,7 +109,8 @@ def deploy(model_dir: str | Path, cfg: DeployConfig) -> dict[str, Any]:
     bundle = load_model(model_dir)
     path = Path(bundle.path)
     export_unet(bundle.net, path / ONNX_FILES["fp32"])
-    rec: dict[str, Any] = {}
+    record_network(path, bundle.net)  # what a server without torch reports of its model
+    rec: dict[str, Any] = read_record(path)
     if cfg.lut:
         pred = predicted_from_lut(bundle, cfg.lut)  # beside the tables of other thread counts, not over them
         rec = update_record(path, "predicted", key_for(read_record(path), "onnxruntime", pred), pred)

@@ -21,6 +21,7 @@ from models.errors import UserError
 from tests.conftest import ROOT
 
 NAS = ROOT / "models" / "weights" / "default"  # the searched subnet
+NORMED = ROOT / "models" / "weights" / "softmax-balanced-absolute-tiny"  # a searched subnet with GroupNorm
 TRT_MISSING = tensorrt_missing()
 
 
@@ -41,7 +42,7 @@ def _io(batch: int):
 
 @pytest.fixture(scope="module")
 def native_gn():
-    net = load_model(NAS).net
+    net = load_model(NORMED).net
     return net, to_onnx(net, _io(1), ["x", "noise_level"], groupnorm="native")
 
 

@@ -79,8 +79,8 @@ def test_bad_env_is_refused(monkeypatch, name, value):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_predictions_come_from_the_table_timed_at_the_workers_thread_count(threads):
-    """The shipped default has tables timed with 1 and 2 runtime threads (1 thread on two hosts); a worker
-    reads the one of its thread count, timed on its own host where there is one; a 3-thread worker gets none."""
+    """The shipped default has tables timed with 1 and 2 runtime threads; a worker reads the one of its thread
+    count, timed on its own host where there is one; a 3-thread worker gets none."""
     from export.backends import LoadedDenoiser
     from export.record import predicted_entries, read_record
     from models.checkpoint import DEFAULT_MODEL_DIR
@@ -104,8 +104,6 @@ def test_predictions_come_from_the_table_timed_at_the_workers_thread_count(threa
         assert source["warmup_over_table"] == pytest.approx(0.01 / expected["seconds"]["1"], rel=1e-3)
     else:
         assert got == {} and source["kind"] == "none" and "no latency table" in source["reason"]
-    if threads == 1:
-        assert len({e["host"] for e in tables}) == 2  # the Intel and the AMD development hosts
 
 
 def _entry(**changes):
