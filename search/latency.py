@@ -128,11 +128,14 @@ class LatencyTable:
         return self._index[key]
 
     def slot_costs(self, net: UNet, batch: int = 1) -> SlotCosts:
+        """Per-slot costs for the search, with the table's linear correction folded in (a * (rest + sum) + b =
+        (a * rest + b) + sum of a * cost), so that a budget acts on the same figure `predict` reports."""
         if batch not in self.fixed:
             raise ValueError(f"the table has no batch {batch}; it has {sorted(self.fixed)}")
-        per_slot = {m.slot: {ctx: {n: self.seconds(m.slot, n, batch, ctx) for n in m.names} for ctx in self.contexts}
-                    for m in mixed_ops(net).values()}
-        return SlotCosts(self.fixed[batch], per_slot)
+        a, b = self.correction.get(batch, (1.0, 0.0))
+        per_slot = {m.slot: {ctx: {n: a * self.seconds(m.slot, n, batch, ctx) for n in m.names}
+                             for ctx in self.contexts} for m in mixed_ops(net).values()}
+        return SlotCosts({ctx: a * rest + b for ctx, rest in self.fixed[batch].items()}, per_slot)
 
     def predict(self, arch: dict[str, str], batch: int = 1, corrected: bool = True) -> float:
         ctx = context_like(arch, next(iter(self.contexts)))

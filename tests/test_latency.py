@@ -43,6 +43,22 @@ def test_profile_keys_and_prediction(supernet, backend, tmp_path):
     costs = again.slot_costs(supernet, 1)
     assert costs.per_slot["down0.0.unit2"]["width0=1"]["conv3x3"] > costs.per_slot["down0.0.unit2"]["width0=1"]["skip"]
     assert costs.expected(supernet).item() > 0
+    assert costs.of_arch(arch) == pytest.approx(again.predict(arch, 1))
+
+
+def test_the_search_prices_an_architecture_as_the_corrected_table_predicts(supernet):
+    """A check's linear correction applies to the search's costs as well: a budget in ms means what the table's
+    prediction (and deploy.json, and /metrics) mean by it."""
+    cfg = ProfileConfig(backend="torch", batches=[1], threads=1, warmup=1, reps=2, size=64, fixed_subnets=2)
+    table = profile(supernet, cfg, progress=False)
+    table.correction[1] = (1.5, 0.002)
+    costs = table.slot_costs(supernet, 1)
+    for width in ("1", "0.5"):
+        arch = {**derive_arch(supernet), "width0": width}
+        raw = table.predict(arch, 1, corrected=False)
+        assert costs.of_arch(arch) == pytest.approx(table.predict(arch, 1)) == pytest.approx(1.5 * raw + 0.002)
+    argmax = derive_arch(supernet)  # the differentiable cost of the architecture the argmax extracts
+    assert costs.expected(supernet, "argmax").item() == pytest.approx(table.predict(argmax, 1))
 
 
 def test_check_reports_mape(supernet):
