@@ -265,3 +265,16 @@ def test_a_cuda_request_that_ends_on_the_cpu_is_refused(tmp_path):
     check_gpu_kept(RuntimeConfig(device="cpu"), sess)
     with pytest.raises(UserError, match="SRNAS_DEVICE=cpu"):
         check_gpu_kept(RuntimeConfig(device="cuda"), sess)
+
+
+def test_deploy_without_a_table_for_the_models_preset_says_so(run_srnas, tmp_path):
+    """A preset with no shipped table (the folded space with GroupNorm) needs --lut: one line, exit 2, and the
+    folder is left as it was."""
+    folder = tmp_path / "fold2"
+    shutil.copytree(ROOT / "bench" / "results" / "pareto-fold2" / "models" / "floor-1x", folder)
+    before = sorted(p.name for p in folder.iterdir())
+    proc = run_srnas("deploy", "--model", folder)
+    assert proc.returncode == 2 and "no shipped latency table for preset 'tiny-fold2'" in proc.stderr
+    assert "Traceback" not in proc.stderr and sorted(p.name for p in folder.iterdir()) == before
+    assert run_srnas("deploy", "--model", folder, "--lut", "none").returncode == 0  # an export, no prediction
+    assert json.loads((folder / "deploy.json").read_text())["network"]["params"] > 0
