@@ -251,8 +251,9 @@ def check_security(pod: Pod) -> None:
 
 
 def long_request() -> tuple[bytes, str]:
-    """The sample tiled 2x2 at 30 steps: seconds of work, well within the admission budget, so that it is in
-    flight when the server is stopped."""
+    """The sample tiled 2x2 at 80 steps: seconds of work even for a fast default (about 4 s at batch 4, 1 thread,
+    where 30 steps took under 2 and could end between two polls), well within the admission budget, so that it
+    is in flight when the server is stopped."""
     from PIL import Image
 
     src = Image.open(SAMPLE).convert("RGB")
@@ -262,7 +263,7 @@ def long_request() -> tuple[bytes, str]:
             big.paste(src, (x, y))
     path = WORK / "pod" / "long.png"
     big.save(path, "PNG")
-    return multipart(path, {"steps": "30"})
+    return multipart(path, {"steps": "80"})
 
 
 def inflight(base: str) -> float:
