@@ -16,6 +16,7 @@ from export.record import MAX_PSNR_DROP_DB, key_for, read_record, record_network
 from export.runtime import RuntimeConfig
 from models.checkpoint import ModelBundle, load_model
 from models.errors import UserError
+from models.spec import read_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 LUTS = ROOT / "search" / "luts"
@@ -26,8 +27,9 @@ DEFAULT_LUTS = {"tiny": LUTS / "tiny-default-ort.json",
 
 
 def default_lut(model_dir: str | Path | None) -> str:
-    """The shipped latency table for the model folder's preset (the shipped model's without a folder)."""
-    name = load_model(model_dir).preset
+    """The shipped latency table for the model folder's preset (the shipped model's without a folder); the preset
+    comes from config.json alone, as deploy builds the network afterwards anyway."""
+    name = read_spec(model_dir).preset
     if name not in DEFAULT_LUTS:
         raise UserError(f"no shipped latency table for preset {name!r}: name one with --lut (or --lut none)")
     return str(DEFAULT_LUTS[name])
