@@ -203,12 +203,24 @@ class Study:
     def _load_state(self) -> dict[str, Any]:
         if self.state_path.is_file():
             state = read_json(self.state_path)
-            if state.get("config") != self.cfg.fingerprint():
+            stored, now = dict(state.get("config") or {}), self.cfg.fingerprint()
+            had, want = stored.pop("targets", []), now.pop("targets")
+            if stored != now or not set(had) <= set(want):
                 raise UserError(f"{self.state_path} was written by a study with other settings; use another "
-                                "--results folder or the same config")
-            return state
+                                "--results folder or the same config (targets may only be added)")
+            return self._add_targets(state)
         return {"host": "", "config": self.cfg.fingerprint(), "split": _split(self.cfg.data), "floor": None,
                 "targets": {}, "points": []}
+
+    def _add_targets(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A resumed study may name more targets than the one that wrote the results: each new one is a multiple
+        of the stored floor time like the others, and every finished point keeps its meaning."""
+        state["config"] = self.cfg.fingerprint()
+        if state.get("floor"):
+            floor_ms = state["floor"]["measured_ms"]
+            for t in self.cfg.targets:
+                state["targets"].setdefault(f"{t:g}", t * floor_ms)
+        return state
 
     def _save(self, message: str) -> None:
         self.results.mkdir(parents=True, exist_ok=True)

@@ -325,6 +325,25 @@ def test_workers_claim_the_next_point_left_and_skip_only_live_claims(tmp_path):
     assert study._claim() == first  # its worker is gone
 
 
+def test_a_resumed_study_may_add_targets_but_change_nothing_else(tmp_path):
+    """More targets add points beside the finished ones, each a multiple of the stored floor; dropping a target
+    or changing another setting would mix studies and is refused."""
+    settings = {**pareto.QUICK, "relaxations": ["gumbel-hard"], "targets": [2.0]}
+    cfg = pareto.load_config(ROOT / "search/recipes/pareto-tiny.yaml", **settings)
+    study = pareto.Study(cfg, tmp_path / "run", tmp_path / "results")
+    study.state.update(floor={"measured_ms": 4.0}, targets={"1": 4.0, "2": 8.0}, points=[{"name": "floor-s0"}])
+    study._save("test")
+    wider = pareto.Study(pareto.load_config(ROOT / "search/recipes/pareto-tiny.yaml", **{**settings, "targets": [1.5, 2.0]}),
+                         tmp_path / "run", tmp_path / "results")
+    assert wider.state["targets"] == {"1": 4.0, "2": 8.0, "1.5": 6.0}
+    assert wider.state["points"] == [{"name": "floor-s0"}]
+    assert wider.target_ms(1.5) == 6.0 and wider.state["config"]["targets"] == [1.5, 2.0]
+    for changes in ({"targets": [3.0]}, {"targets": [2.0], "budget": 7}):
+        with pytest.raises(pareto.UserError, match="other settings"):
+            pareto.Study(pareto.load_config(ROOT / "search/recipes/pareto-tiny.yaml", **{**settings, **changes}),
+                         tmp_path / "run", tmp_path / "results")
+
+
 def test_a_stop_signal_while_workers_start_exits_once_they_are_known():
     """SIGTERM inside Popen would leave the child it is starting running, unknown to the list that is stopped on
     the way out: the handler holds it until the workers are all started, then exits with the shell's status."""
