@@ -288,6 +288,7 @@ class Study:
                                        if k in disk},
                                       sizes=sizes)
                     self.state["host"] = self.state.get("host") or disk.get("host", "")  # as the workers named it
+                    self._add_targets(self.state)  # the results may predate targets this study adds
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

@@ -338,6 +338,8 @@ def test_a_resumed_study_may_add_targets_but_change_nothing_else(tmp_path):
     assert wider.state["targets"] == {"1": 4.0, "2": 8.0, "1.5": 6.0}
     assert wider.state["points"] == [{"name": "floor-s0"}]
     assert wider.target_ms(1.5) == 6.0 and wider.state["config"]["targets"] == [1.5, 2.0]
+    with wider.locked():  # a worker reads the results folder again before it claims a point
+        assert wider.target_ms(1.5) == 6.0
     for changes in ({"targets": [3.0]}, {"targets": [2.0], "budget": 7}):
         with pytest.raises(pareto.UserError, match="other settings"):
             pareto.Study(pareto.load_config(ROOT / "search/recipes/pareto-tiny.yaml", **{**settings, **changes}),
