@@ -112,6 +112,7 @@ class LatencyTable:
                  fixed: dict[int, dict[str, float]], correction: dict[int, tuple[float, float]] | None = None):
         self.meta, self.entries, self.contexts, self.fixed = meta, entries, contexts, fixed
         self.correction = correction or {}
+        self.entries_from: str | None = None  # set when loaded from a view of another table file
         self._index = {_key(e["slot"], e["candidate"], e["shape"][1:], e["out_shape"][1:], e["batch"]): e["median_s"]
                        for e in entries}
 
@@ -188,13 +189,36 @@ class LatencyTable:
                 "correction": {str(k): list(v) for k, v in self.correction.items()}}
 
     def save(self, path: str | Path) -> None:
-        write_json(Path(path), self.to_dict())
+        """The whole table, or for a view only its meta and correction (its timings stay in the table it names)."""
+        d = self.to_dict()
+        if self.entries_from:
+            d = {"meta": self.meta, "entries_from": self.entries_from, "correction": d["correction"]}
+        write_json(Path(path), d)
 
     @classmethod
     def load(cls, path: str | Path) -> "LatencyTable":
-        d = read_json(Path(path))
-        return cls(d["meta"], d["entries"], d["contexts"], {int(k): v for k, v in d["fixed"].items()},
-                   {int(k): (float(v[0]), float(v[1])) for k, v in d.get("correction", {}).items()})
+        """A table file, or a view of one: a file with `entries_from` (a table in the same folder) holds only its
+        own correction (and optionally its meta) and reads the timings from there, so that a study can keep the raw
+        table and a checked twin (`srnas profile --check-only --out VIEW`) without a second copy of every entry."""
+        path = Path(path)
+        d = read_json(path)
+        correction = {int(k): (float(v[0]), float(v[1])) for k, v in d.get("correction", {}).items()}
+        view = d.get("entries_from")
+        if view is not None:
+            base = read_json(_sibling(path, view))
+            if "entries_from" in base:
+                raise ValueError(f"{path}: {view} is itself a view; name the table that holds the entries")
+            d = {**base, "meta": d.get("meta", base["meta"])}
+        table = cls(d["meta"], d["entries"], d["contexts"], {int(k): v for k, v in d["fixed"].items()}, correction)
+        table.entries_from = view
+        return table
+
+
+def _sibling(path: Path, name: Any) -> Path:
+    """A table named by another table: a plain file name in the same folder, never a path that leaves it."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{path}: entries_from must be a file name in the same folder (got {name!r})")
+    return path.parent / name
 
 
 def _key(slot: str, candidate: str, shape: list[int], out_shape: list[int], batch: int) -> tuple:

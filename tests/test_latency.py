@@ -1,5 +1,6 @@
 """The latency lookup table at toy scale, on both CPU backends (real ONNX Runtime sessions)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,36 @@ def test_profile_extends_a_table_with_new_batches(supernet):
     assert table.predict(arch, 2, corrected=False) > 0
     with pytest.raises(ValueError, match="measured with torch"):
         profile(supernet, ProfileConfig(**{**more.__dict__, "backend": "onnxruntime", "batches": [4]}), False, table)
+
+
+def test_a_view_keeps_its_own_correction_and_reads_the_timings_of_its_table(supernet, tmp_path):
+    """A checked twin of a table holds only its correction; saving it (as `srnas profile --check-only` does) keeps
+    it a view, and the raw table beside it is untouched. A view names a file in its own folder, never a path."""
+    cfg = ProfileConfig(backend="torch", batches=[1], threads=1, warmup=1, reps=2, size=64, fixed_subnets=2)
+    profile(supernet, cfg, progress=False).save(tmp_path / "raw.json")
+    raw_text = (tmp_path / "raw.json").read_text()
+    (tmp_path / "view.json").write_text(json.dumps({"entries_from": "raw.json"}))
+    view = LatencyTable.load(tmp_path / "view.json")
+    view.correction[1] = (2.0, 0.001)
+    view.save(tmp_path / "view.json")
+    stored = json.loads((tmp_path / "view.json").read_text())
+    assert set(stored) == {"meta", "entries_from", "correction"} and (tmp_path / "raw.json").read_text() == raw_text
+    again, raw = LatencyTable.load(tmp_path / "view.json"), LatencyTable.load(tmp_path / "raw.json")
+    arch = derive_arch(supernet)
+    assert again.predict(arch, 1, corrected=False) == raw.predict(arch, 1)
+    assert again.predict(arch, 1) == pytest.approx(2.0 * raw.predict(arch, 1) + 0.001)
+    for bad, message in (("../raw.json", "file name in the same folder"), ("view.json", "itself a view"),
+                         (7, "file name in the same folder")):
+        (tmp_path / "bad.json").write_text(json.dumps({"entries_from": bad}))
+        with pytest.raises(ValueError, match=message):
+            LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_the_shipped_checked_table_is_the_raw_table_with_its_correction():
+    luts = Path(__file__).resolve().parents[1] / "search/luts"
+    checked = LatencyTable.load(luts / "tiny-fold2-nonorm-default-ort-1t-epyc-checked.json")
+    raw = LatencyTable.load(luts / "tiny-fold2-nonorm-default-ort-1t-epyc.json")
+    report = json.loads((luts / "tiny-fold2-nonorm-default-ort-1t-epyc.check.json").read_text())
+    assert checked.entries_from == "tiny-fold2-nonorm-default-ort-1t-epyc.json"
+    assert checked.entries == raw.entries and checked.fixed == raw.fixed and not raw.correction
+    assert checked.correction[1] == tuple(report["batches"]["1"]["correction"])
