@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,19 @@ def warm_up(loaded: LoadedDenoiser, size: int, runs: int, max_batch: int) -> dic
     return {b: min(call(b) for _ in range(2)) for b in sorted({1, max_batch})}
 
 
+def deciding_timing(digest: str, loaded: LoadedDenoiser, cfg: ServeConfig, step_s: dict[int, float]
+                    ) -> dict[int, float]:
+    """The warm-up timing that decides between the table and calibration: the first worker's of this server, for
+    every worker. Each worker times its own warm-up, and near the table's agreement bound two workers chose apart,
+    so the published gauge (the largest worker's) and the steps' expected seconds disagreed. The server's process,
+    the parent of every worker, is in the key: a later server on this host times its own."""
+    if cfg.workers <= 1:
+        return step_s
+    kept, _ = shared(["warmup", os.getppid(), digest, loaded.label, cfg.threads, cfg.max_batch_size],
+                     lambda: {str(b): s for b, s in step_s.items()})
+    return {int(b): s for b, s in kept.items()}
+
+
 def network_digest(model_dir: Path, loaded: LoadedDenoiser) -> str:
     """The content of the network file the backend runs: two served models with the same network share the
     start-up measurements that depend only on it, wherever their folders are."""
@@ -162,14 +176,15 @@ def load_served(model_dir: str | Path, cfg: ServeConfig, name: str = "default", 
         log.warning("serving without a step-latency prediction: %s", unreadable)
     loaded = select_backend(bundle, cfg)
     step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
+    digest = network_digest(bundle.path, loaded)
     entry = None if unreadable else prediction_entry(bundle.path, loaded, cfg.threads)
-    predicted, source = resolve(bundle.path, entry, cfg, step_s)
+    predicted, source = resolve(bundle.path, entry, cfg, deciding_timing(digest, loaded, cfg, step_s))
     if unreadable:
         source["reason"] = unreadable
     served = Served(bundle, loaded, facts["params"], facts["flops_per_step"], predicted, source, step_s=step_s,
                     name=name, tag=tag)
     if predicted and cfg.workers > 1:  # keyed by the network's content, not its folder: see network_digest
-        curve, _ = shared(["slowdown", network_digest(bundle.path, loaded), loaded.label, cfg.threads, cfg.workers],
+        curve, _ = shared(["slowdown", digest, loaded.label, cfg.threads, cfg.workers],
                           lambda: {str(k): v for k, v in slowdown(loaded.run, size, cfg.workers).items()})
         served.slowdown = {int(k): v for k, v in curve.items()}
         source["slowdown"] = {k: round(v, 3) for k, v in curve.items()}

@@ -231,3 +231,18 @@ def test_a_corrupt_deploy_record_serves_without_a_prediction(tmp_path, own_tmp, 
     src = served.describe()["prediction_source"]
     assert served.predicted == {} and src["kind"] == "none" and "deploy.json is unreadable" in src["reason"]
     assert served.params is None and served.step_s and "without a step-latency prediction" in caplog.text
+
+
+def test_the_workers_of_one_server_decide_the_prediction_on_one_warm_up(own_tmp):
+    """Two workers (here two loads in one process, which share a parent as a server's workers do) each time their
+    own warm-up for admission, but the table-or-calibration decision reads the first one's timing, so both publish
+    the same prediction from the same source."""
+    from models.checkpoint import DEFAULT_MODEL_DIR
+    from serving.model import load_served
+
+    cfg = ServeConfig(threads=1, workers=2, warmup_runs=1, max_batch_size=2)
+    first, second = load_served(DEFAULT_MODEL_DIR, cfg), load_served(DEFAULT_MODEL_DIR, cfg)
+    a, b = first.describe()["prediction_source"], second.describe()["prediction_source"]
+    assert a["warmup_over_table"] is not None and a["warmup_over_table"] == b["warmup_over_table"]
+    assert a["kind"] == b["kind"] != "none" and first.predicted == second.predicted
+    assert first.step_s and second.step_s  # each worker's own timing still sets its admission
