@@ -176,7 +176,7 @@ def load_served(model_dir: str | Path, cfg: ServeConfig, name: str = "default", 
         log.warning("serving without a step-latency prediction: %s", unreadable)
     loaded = select_backend(bundle, cfg)
     step_s = warm_up(loaded, size, cfg.warmup_runs, cfg.max_batch_size)
-    digest = network_digest(bundle.path, loaded)
+    digest = network_digest(bundle.path, loaded) if cfg.workers > 1 else ""  # keys what workers share; one worker shares nothing
     entry = None if unreadable else prediction_entry(bundle.path, loaded, cfg.threads)
     predicted, source = resolve(bundle.path, entry, cfg, deciding_timing(digest, loaded, cfg, step_s))
     if unreadable:
