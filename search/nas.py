@@ -19,6 +19,7 @@ from search.costs import COST_OF, SlotCosts, count_params, slot_flops
 from search.data import CropSampler, has_split, load_pairs
 from search.objective import TARGET_FORMS, CostLossConfig, cost_loss
 from search.relax import Relaxation, TemperatureSchedule
+from search.sandwich import WEIGHT_PATHS, extreme_arch, running, sandwich
 from search.space import make_space
 from search.supernet import (arch_parameters, derive_arch, extract, mixed_ops, search_slots, space_config,
                              weight_parameters)
@@ -49,6 +50,10 @@ class SearchConfig(TrainConfig):
     # the task's alpha-gradient, every step, to the RMS of the gradient of the unweighted target penalty
     # |cost/target - 1|: lambda_budget = 1 then weighs cost and task alike (target forms only).
     balance_alpha: bool = False
+    # How the weights' step runs the supernet: "relaxed", the relaxation's weighted sum (DARTS); "sandwich", the
+    # largest, the smallest and `sandwich_drawn` drawn single-path subnets, each on its own (search.sandwich)
+    weight_paths: str = "relaxed"
+    sandwich_drawn: int = 2
     skip_warning: float = 0.5  # warn when more than this share of second units collapse to skip
     score_crops: int = 4  # val crops per image for the supernet-vs-inherited-subnet score at the end (0: none)
     log_alpha_every: int = 10  # rows of alpha_log.csv (every slot x candidate) every n steps
@@ -75,6 +80,10 @@ class SearchConfig(TrainConfig):
         if self.balance_alpha and self.cost_loss.form not in TARGET_FORMS:
             raise ValueError(f"balance_alpha needs a cost form with a target ({', '.join(TARGET_FORMS)}), not "
                              f"{self.cost_loss.form!r}")
+        if self.weight_paths not in WEIGHT_PATHS:
+            raise ValueError(f"unknown weight_paths {self.weight_paths!r}; choose from {', '.join(WEIGHT_PATHS)}")
+        if self.sandwich_drawn < 0:
+            raise ValueError("sandwich_drawn must be 0 or more")
         Relaxation(self.relax)
 
     def priced(self) -> str:
@@ -155,6 +164,8 @@ class SearchTrainer(Trainer):
         self.flops = slot_flops(counted, self.net.cfg.image_size)
         self.latency = self._latency_costs()
         self._warned = False
+        priced = self.latency or self.flops  # the sandwich's largest and smallest subnets, by the search's cost
+        self._extremes = (extreme_arch(priced, largest=True), extreme_arch(priced, largest=False))
 
     # ---- Trainer hooks -------------------------------------------------------------------------
     def build_net(self) -> tuple[UNet, str]:
@@ -178,6 +189,21 @@ class SearchTrainer(Trainer):
         if not weights or not self._alpha_pairs:
             raise ValueError("the search needs at least two training images: one part each for weights and alpha")
         return weights
+
+    def weight_backward(self) -> float:
+        """Relaxed: the Trainer's step through the relaxation. Sandwich: each subnet's loss on the same batch,
+        backward one at a time (DDP pairs every forward with its backward); the mean of their losses."""
+        if self.cfg.weight_paths == "relaxed":
+            return super().weight_backward()
+        bic, hr = self.batch(self.data)
+        paths = sandwich(*self._extremes, self.net, self.cfg.sandwich_drawn, self.gen)  # checkpointed
+        total = 0.0
+        for arch in paths:
+            with running(self.net, arch):
+                loss = self.task_loss(hr, bic, self.teacher) / len(paths)
+                loss.backward()
+            total += float(loss.item())
+        return total
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt, "alpha_opt": self.alpha_opt}

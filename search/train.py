@@ -192,12 +192,17 @@ class Trainer:
     def weight_step(self) -> float:
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.cfg, self.step)
-        loss = self.weight_loss()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self.weight_backward()
         torch.nn.utils.clip_grad_norm_(self.weight_parameters(), self.cfg.grad_clip)
         self.opt.step()
         self.ema.update_parameters(self.net)
+        return loss
+
+    def weight_backward(self) -> float:
+        """The weights' gradients for this step (into .grad); returns the loss."""
+        loss = self.weight_loss()
+        loss.backward()
         return float(loss.item())
 
     def train_step(self) -> dict[str, float]:

@@ -30,8 +30,9 @@ def test_alpha_frozen_during_warmup_then_moves(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(arch_parameters(t.net), before))
 
 
-def test_search_resume_is_exact(tmp_path):
-    cfg = dict(warmup_alpha=1, relax="temperature", **TOY)
+@pytest.mark.parametrize("paths", ["relaxed", "sandwich"])
+def test_search_resume_is_exact(tmp_path, paths):
+    cfg = dict(warmup_alpha=1, relax="temperature", weight_paths=paths, **TOY)
     whole = SearchTrainer(SearchConfig(iters=4, **cfg), tmp_path / "a")
     whole.run(progress=False)
     SearchTrainer(SearchConfig(iters=2, **cfg), tmp_path / "b").run(progress=False)
