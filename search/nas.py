@@ -51,7 +51,8 @@ class SearchConfig(TrainConfig):
     # |cost/target - 1|: lambda_budget = 1 then weighs cost and task alike (target forms only).
     balance_alpha: bool = False
     # How the weights' step runs the supernet: "relaxed", the relaxation's weighted sum (DARTS); "sandwich", the
-    # largest, the smallest and `sandwich_drawn` drawn single-path subnets, each on its own (search.sandwich)
+    # largest, the smallest and `sandwich_drawn` drawn single-path subnets, each on its own (search.sandwich);
+    # "sandwich-warmup", the sandwich during the weight warm-up and the weighted sum once alpha moves
     weight_paths: str = "relaxed"
     sandwich_drawn: int = 2
     skip_warning: float = 0.5  # warn when more than this share of second units collapse to skip
@@ -193,7 +194,8 @@ class SearchTrainer(Trainer):
     def weight_backward(self) -> float:
         """Relaxed: the Trainer's step through the relaxation. Sandwich: each subnet's loss on the same batch,
         backward one at a time (DDP pairs every forward with its backward); the mean of their losses."""
-        if self.cfg.weight_paths == "relaxed":
+        mode = self.cfg.weight_paths
+        if mode == "relaxed" or (mode == "sandwich-warmup" and self.step >= self.cfg.warmup_alpha):
             return super().weight_backward()
         bic, hr = self.batch(self.data)
         paths = sandwich(*self._extremes, self.net, self.cfg.sandwich_drawn, self.gen)  # checkpointed

@@ -18,7 +18,9 @@ from models.blocks import MixedOp
 from search.costs import SlotCosts
 from search.supernet import parse_context, search_slots
 
-WEIGHT_PATHS = ("relaxed", "sandwich")
+# relaxed: the relaxation's weighted sum; sandwich: single paths for the whole search; sandwich-warmup: single
+# paths while the weights warm up alone, the weighted sum once alpha moves
+WEIGHT_PATHS = ("relaxed", "sandwich", "sandwich-warmup")
 
 
 class OneHot:

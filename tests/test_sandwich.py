@@ -67,3 +67,15 @@ def test_a_sandwich_weight_step_trains_the_largest_smallest_and_drawn_subnets(tm
 def test_unknown_weight_paths_are_refused(tmp_path):
     with pytest.raises(ValueError, match="weight_paths"):
         SearchTrainer(SearchConfig(iters=1, weight_paths="ladder", **TOY), tmp_path)
+
+
+def test_a_sandwich_warm_up_hands_the_weights_to_the_relaxation_once_alpha_moves(tmp_path):
+    t = SearchTrainer(SearchConfig(iters=2, weight_paths="sandwich-warmup", sandwich_drawn=1, warmup_alpha=1, **TOY),
+                      tmp_path)
+    calls = _ran(t)
+    t.train_step()  # warm-up: the largest, the smallest and one drawn subnet, one candidate per slot each
+    assert len(calls) == 3 * len({slot for slot, _ in calls})
+    calls.clear()
+    t.weight_step()  # after the warm-up: the weighted sum runs every candidate of every slot reached
+    reached = {slot for slot, _ in calls}
+    assert len(calls) == sum(len(m.names) for m in mixed_ops(t.net).values() if m.slot in reached)
