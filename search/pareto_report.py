@@ -294,6 +294,30 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new, encoding="utf-8")
 
 
+BASELINE_COLOUR = "0.35"
+# the relaxations and the first studies' tries keep their colours from plot to plot; later tries take the spares
+FIXED_COLOURS = {"softmax": "tab:blue", "gumbel-hard": "tab:red", "temperature": "tab:green", "gumbel": "tab:purple",
+                 "softmax+balanced": "tab:cyan", "gumbel-hard+balanced": "tab:orange",
+                 "softmax+balanced-absolute": "tab:brown"}
+SPARE_COLOURS = ("tab:pink", "tab:olive", "gold", "black", "magenta", "lime", "navy", "teal")
+
+
+def group_colours(labels: list[str | None]) -> dict[str | None, str]:
+    """A colour per searched group (relaxation, or relaxation+try), in order of first appearance; baselines
+    (no relaxation) are grey. Beyond the spares, colours repeat."""
+    colours: dict[str | None, str] = {None: BASELINE_COLOUR}
+    spare = 0
+    for label in labels:
+        if label in colours:
+            continue
+        if label in FIXED_COLOURS:
+            colours[label] = FIXED_COLOURS[label]
+        else:
+            colours[label] = SPARE_COLOURS[spare % len(SPARE_COLOURS)]
+            spare += 1
+    return colours
+
+
 def plot(state: dict[str, Any], path: Path) -> Path | None:
     """Test PSNR(Y) against measured ms per step: every point (seeds as separate marks), groups' means."""
     import matplotlib
@@ -305,15 +329,13 @@ def plot(state: dict[str, Any], path: Path) -> Path | None:
     if not points:
         return None
     styles = {"searched": "o", "random": "x", "narrowed": "s", "floor": "*", "classic": "^", "base": "D"}
-    colors = {"softmax": "tab:blue", "gumbel-hard": "tab:red", "temperature": "tab:green", "gumbel": "tab:purple",
-              "softmax+balanced": "tab:cyan", "gumbel-hard+balanced": "tab:orange",
-              "softmax+balanced-absolute": "tab:brown"}
+    colors = group_colours([p["relax"] for p in points])
     fig, ax = plt.subplots(figsize=(8, 5.5))
     seen = set()
     for p in points:
         label = p["kind"] + (f" ({p['relax']})" if p["relax"] else "")
         ax.scatter(p["measured_ms"], p["psnr_test"], marker=styles.get(p["kind"], "o"),
-                   color=colors.get(p["relax"] or "", "0.35"), alpha=0.75, s=36,
+                   color=colors.get(p["relax"], BASELINE_COLOUR), alpha=0.75, s=36,
                    label=None if label in seen else label)
         seen.add(label)
     pick = pick_default(points)

@@ -126,6 +126,16 @@ def test_the_report_counts_the_tries_time_apart_from_the_study():
     assert "the study's own 2 points took 3.0 h of worker time, and the tries' 1 points 0.5 h" in text
 
 
+def test_every_searched_group_of_the_plot_has_its_own_colour_and_baselines_are_grey():
+    labels = [None, "softmax", "softmax+longer-search", None, "softmax+sandwich", "softmax+longer-search",
+              "softmax+sandwich-warmup", "gumbel-hard"]
+    colours = pareto_report.group_colours(labels)
+    searched = [colours[label] for label in dict.fromkeys(labels) if label]
+    assert len(set(searched)) == len(searched) == 5
+    assert colours[None] == pareto_report.BASELINE_COLOUR and colours[None] not in searched
+    assert colours["softmax"] == "tab:blue"  # a relaxation keeps its colour whatever tries a study adds
+
+
 def test_verdicts_compare_at_matched_latency_and_select_on_val():
     points = [_row(f"s{s}", "searched", 2.0, s, 31.0 + 0.05 * s, 30.0, 10.0, "softmax", gap_db=0.3)
               for s in range(3)]
