@@ -166,7 +166,8 @@ class SearchTrainer(Trainer):
         self.latency = self._latency_costs()
         self._warned = False
         priced = self.latency or self.flops  # the sandwich's largest and smallest subnets, by the search's cost
-        self._extremes = (extreme_arch(priced, largest=True), extreme_arch(priced, largest=False))
+        self._extremes = ((extreme_arch(priced, largest=True), extreme_arch(priced, largest=False))
+                          if cfg.weight_paths != "relaxed" else None)
 
     # ---- Trainer hooks -------------------------------------------------------------------------
     def build_net(self) -> tuple[UNet, str]:

@@ -12,29 +12,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from models.blocks import MixedOp
 from search.costs import SlotCosts
-from search.supernet import parse_context, search_slots
+from search.supernet import one_hot_weights, parse_context, search_slots
 
 # relaxed: the relaxation's weighted sum; sandwich: single paths for the whole search; sandwich-warmup: single
 # paths while the weights warm up alone, the weighted sum once alpha moves
 WEIGHT_PATHS = ("relaxed", "sandwich", "sandwich-warmup")
-
-
-class OneHot:
-    """A slot weighing that always picks one choice: one-hot, constant in alpha. `stochastic` makes a width
-    slot take the weights' argmax (this choice) rather than draw from them; `samples` is where slots record it."""
-
-    stochastic = True
-
-    def __init__(self, index: int, n: int):
-        self.index, self.n = index, n
-        self.samples: dict[str, torch.Tensor] = {}
-
-    def __call__(self, alpha: torch.Tensor, slot: str = "", training: bool = True) -> torch.Tensor:
-        return F.one_hot(torch.tensor(self.index, device=alpha.device), self.n).to(alpha.dtype)
 
 
 @contextmanager
@@ -44,8 +29,8 @@ def running(net: torch.nn.Module, arch: dict[str, str]) -> Iterator[None]:
     slots = search_slots(net)
     saved = [(m, m.weigh, getattr(m, "single_path", False)) for m in slots]
     try:
+        one_hot_weights(net, arch)
         for m in slots:
-            m.weigh = OneHot(m.names.index(arch[m.slot]), len(m.names))
             if isinstance(m, MixedOp):
                 m.single_path = True
         yield

@@ -130,11 +130,25 @@ def _subnet_key(key: str, chosen: dict[str, str]) -> str | None:
     return key
 
 
+class OneHot:
+    """A slot weighing that always picks one choice: one-hot, constant in alpha. `stochastic` makes a width slot
+    take the weights' argmax (this choice) while training rather than draw from them; `samples` is where slots
+    record it."""
+
+    stochastic = True
+
+    def __init__(self, index: int):
+        self.index = index
+        self.samples: dict[str, torch.Tensor] = {}
+
+    def __call__(self, alpha: torch.Tensor, slot: str = "", training: bool = True) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.tensor(self.index, device=alpha.device), alpha.numel()).to(alpha.dtype)
+
+
 def one_hot_weights(net: torch.nn.Module, arch: dict[str, str]) -> None:
-    """Make every slot use exactly its `arch` choice (weight 1, others 0; widths take effect in eval mode)."""
+    """Make every slot use exactly its `arch` choice (weight 1, others 0), in training and eval mode."""
     for m in search_slots(net):
-        idx = m.names.index(arch[m.slot])
-        m.weigh = lambda a, slot="", training=True, i=idx: torch.nn.functional.one_hot(torch.tensor(i), a.numel()).to(a.dtype)
+        m.weigh = OneHot(m.names.index(arch[m.slot]))
 
 
 def space_config(base: UNetConfig, space: dict[str, list[str]]) -> UNetConfig:
